@@ -1,0 +1,99 @@
+"""The one ``fcnx`` command.
+
+Subcommands are named here by module path and imported only when called, so the
+runtime never loads TensorFlow for ``fcnx --help``, and a deploy box without the
+``train`` extra gets the pip line to run instead of a traceback. Each command module
+exposes ``build_parser(prog) -> ArgumentParser`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# name -> (module, extra that provides its libraries, one-line help)
+COMMANDS: dict[str, tuple[str, str | None, str]] = {
+    "demo": ("fcnx.train.commands.demo", "train", "synth -> train briefly -> evaluate, in one folder"),
+    "synth": ("fcnx.train.commands.synth", None, "write a synthetic EM-like image/label dataset"),
+    "train": ("fcnx.train.commands.train", "train", "train an FCN on an image/label folder"),
+    "evaluate": ("fcnx.train.commands.evaluate", "train", "mIoU, per-class IoU, accuracy, Dice of a model"),
+}
+
+HEAVY_LIBRARIES = {"tensorflow", "keras", "tensorboard", "tf2onnx", "onnx", "onnxruntime"}
+
+
+class CommandError(Exception):
+    """An expected failure: printed as one message, exit status ``code``."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fcnx",
+        description="Keras FCN semantic segmentation, from training to a fast deployed engine.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands:\n"
+        + "\n".join(f"  {name:<10} {text}" for name, (_, _, text) in COMMANDS.items())
+        + "\n\nRun 'fcnx COMMAND --help' for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("command", choices=list(COMMANDS), metavar="COMMAND")
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return f"fcnx {__version__}"
+
+
+def _missing_extra(exc: ModuleNotFoundError, command: str, extra: str | None) -> CommandError | None:
+    root = (exc.name or "").split(".")[0]
+    if root not in HEAVY_LIBRARIES:
+        return None
+    need = extra or "all"
+    return CommandError(f"fcnx {command} needs {root}, which is not installed: pip install \"fcnx[{need}]\"", 2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = _top_parser()
+    if not argv or argv[0].startswith("-"):
+        top.parse_args(argv or ["--help"])
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        top.parse_args([name])  # argparse prints the choices and exits 2
+    module_path, extra, _ = COMMANDS[name]
+    try:
+        module = importlib.import_module(module_path)
+        args = module.build_parser(f"fcnx {name}").parse_args(rest)
+        return int(module.run(args) or 0)
+    except ModuleNotFoundError as exc:
+        error = _missing_extra(exc, name, extra)
+        if error is None:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return error.code
+    except CommandError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
+    except (ValueError, OSError) as exc:
+        if os.environ.get("FCNX_DEBUG"):
+            raise
+        # Our own errors (bad data, bad model files, bad flag values) are ValueErrors that
+        # name the file and the problem; OSErrors carry the path. One message, no traceback.
+        print(f"error: {exc}\n(set FCNX_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Command-line flags generated from frozen config dataclasses, 1:1 with their fields.
+
+``batch_size: int = opt(4, "crops per batch")`` becomes ``--batch-size N`` with that
+help; bools become ``--flag/--no-flag`` (argparse.BooleanOptionalAction); optional
+values default to None; ``tuple[float, ...]`` takes several values. Fields with
+``metadata={"cli": False}`` are filled by the command itself (positionals, data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from typing import Any
+
+
+def _unwrap_optional(tp: Any) -> Any:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def cli_fields(cls: type) -> list[tuple[dataclasses.Field[Any], Any]]:
+    hints = typing.get_type_hints(cls)
+    return [
+        (f, hints[f.name])
+        for f in dataclasses.fields(cls)
+        if f.metadata.get("cli", True) and "help" in f.metadata
+    ]
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser | Any, cls: type) -> None:
+    """One ``--flag`` per field of ``cls`` (its default shown in the help)."""
+    for f, tp in cli_fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        kwargs: dict[str, Any] = {"dest": f.name, "default": f.default}
+        help_text = f.metadata["help"]
+        base = _unwrap_optional(tp)
+        if base is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(base) is tuple:
+            kwargs["type"] = typing.get_args(base)[0]
+            kwargs["nargs"] = "+"
+            kwargs["metavar"] = "V"
+        else:
+            kwargs["type"] = base
+            kwargs["metavar"] = f.metadata.get("metavar", "NAME" if base is str else "N")
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+            kwargs.pop("metavar", None)
+        if f.default is not None and base is not bool:
+            help_text += f" (default: {f.default})"
+        parser.add_argument(flag, help=help_text, **kwargs)
+
+
+def dataclass_from_args(cls: type, args: argparse.Namespace, **extra: Any) -> Any:
+    """Build ``cls`` from the parsed flags of its fields plus ``extra`` values."""
+    values = {f.name: getattr(args, f.name) for f, _ in cli_fields(cls)}
+    for f, tp in cli_fields(cls):
+        if typing.get_origin(_unwrap_optional(tp)) is tuple and values[f.name] is not None:
+            values[f.name] = tuple(values[f.name])
+    values.update(extra)
+    return cls(**values)

@@ -1,0 +1,99 @@
+"""Reading images from disk into the uint8 arrays the models take.
+
+One function per job, each raising ``ImageError`` that names the file and what was
+wrong, so a caller can record it and move on to the next file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+MAX_PIXELS = 200_000_000  # decompression-bomb guard, checked on the decoded size
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class ImageError(ValueError):
+    """A file that cannot be used as an image: the message names it and says why."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+def _decode(path: Path, flags: int) -> np.ndarray:
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise ImageError(path, f"cannot read file ({exc.strerror or exc})") from None
+    if data.size == 0:
+        raise ImageError(path, "empty file (0 bytes)")
+    image = cv2.imdecode(data, flags)
+    if image is None:
+        raise ImageError(path, "not a decodable image (truncated, corrupt or not an image)")
+    if image.shape[0] * image.shape[1] > MAX_PIXELS:
+        raise ImageError(
+            path, f"{image.shape[1]}x{image.shape[0]} pixels is over the limit of {MAX_PIXELS}"
+        )
+    return image
+
+
+def to_uint8(image: np.ndarray, path: str | Path = "<array>") -> np.ndarray:
+    """8-bit as is; 16-bit scaled to 8 bits; anything else is an error."""
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        return ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    raise ImageError(path, f"unsupported pixel type {image.dtype} (8- or 16-bit images only)")
+
+
+def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """(H, W) or (H, W, 1|3|4) RGB(A) -> (H, W, channels); alpha is dropped."""
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.shape[2] == 4:
+        image = image[:, :, :3]
+    have = image.shape[2]
+    if have == channels:
+        return np.ascontiguousarray(image)
+    if have == 1 and channels == 3:
+        return np.repeat(image, 3, axis=2)
+    if have == 3 and channels == 1:
+        return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[:, :, None]
+    raise ValueError(f"cannot convert {have} channels to {channels}")
+
+
+def read_image(path: str | Path, channels: int) -> np.ndarray:
+    """An image file as uint8 (H, W, channels), RGB order, EXIF orientation applied,
+    16-bit scaled to 8, alpha dropped."""
+    path = Path(path)
+    image = _decode(path, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    image = to_uint8(image, path)
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return to_channels(image, channels)
+
+
+def read_label(path: str | Path) -> np.ndarray:
+    """A label file exactly as stored: uint8 (H, W) for index/binary masks, (H, W, 3)
+    RGB for colour masks. No orientation or colour conversion beyond BGR -> RGB."""
+    path = Path(path)
+    label = _decode(path, cv2.IMREAD_UNCHANGED)
+    if label.dtype != np.uint8:
+        raise ImageError(path, f"labels must be 8-bit, got {label.dtype}")
+    if label.ndim == 3:
+        if label.shape[2] == 4:
+            label = label[:, :, :3]
+        label = cv2.cvtColor(label, cv2.COLOR_BGR2RGB)
+        if (label[:, :, 0] == label[:, :, 1]).all() and (label[:, :, 1] == label[:, :, 2]).all():
+            label = label[:, :, 0]  # a grey mask saved as RGB
+    return np.ascontiguousarray(label)
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files directly in ``folder``, sorted by name."""
+    folder = Path(folder)
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

@@ -1,0 +1,229 @@
+"""Image/label folders -> validated in-memory samples -> tf.data pipelines.
+
+The layout is the write-up's: ``DATA/image/*.png`` and ``DATA/label/*.png`` paired by
+file stem. Everything is read and checked before training starts, and all problems are
+reported together, each naming its file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fcnx.runtime.images import ImageError, list_images, read_image, read_label
+
+from .labels import ClassSpec, LabelError, detect_classes
+
+
+class DataError(ValueError):
+    """The dataset cannot be used; the message lists every file at fault."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    image: Path
+    label: Path
+
+    @property
+    def name(self) -> str:
+        return self.image.stem
+
+
+@dataclass
+class Samples:
+    """Decoded images (H, W, C) uint8 and masks (H, W) of class ids, in pair order."""
+
+    pairs: list[Pair]
+    images: list[np.ndarray]
+    masks: list[np.ndarray]
+    classes: ClassSpec
+    fingerprint: str  # sha256 over every image and label file's bytes
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def subset(self, indices: list[int]) -> Samples:
+        return Samples(
+            [self.pairs[i] for i in indices],
+            [self.images[i] for i in indices],
+            [self.masks[i] for i in indices],
+            self.classes,
+            self.fingerprint,
+        )
+
+    @property
+    def sizes(self) -> set[tuple[int, int]]:
+        return {(m.shape[0], m.shape[1]) for m in self.masks}
+
+
+def _report(problems: list[str], what: str) -> DataError:
+    shown = "\n  ".join(problems[:20])
+    more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+    return DataError(f"{what}:\n  {shown}{more}")
+
+
+def find_pairs(folder: str | Path) -> list[Pair]:
+    """Pair ``folder/image/X.*`` with ``folder/label/X.*`` by stem; any file without a
+    partner is an error listing them all."""
+    folder = Path(folder)
+    image_dir, label_dir = folder / "image", folder / "label"
+    missing = [str(d) for d in (image_dir, label_dir) if not d.is_dir()]
+    if missing:
+        raise DataError(
+            f"{folder}: expected the folders image/ and label/ side by side; missing {', '.join(missing)}"
+        )
+    problems: list[str] = []
+
+    def by_stem(files: list[Path]) -> dict[str, Path]:
+        seen: dict[str, Path] = {}
+        for f in files:
+            if f.stem in seen:
+                problems.append(f"{f}: same name as {seen[f.stem]}; cannot tell which to pair")
+            seen[f.stem] = f
+        return seen
+
+    images, labels = by_stem(list_images(image_dir)), by_stem(list_images(label_dir))
+    problems += [f"{images[s]}: no label with the same name in {label_dir}" for s in sorted(images.keys() - labels.keys())]
+    problems += [f"{labels[s]}: no image with the same name in {image_dir}" for s in sorted(labels.keys() - images.keys())]
+    if problems:
+        raise _report(problems, f"{folder}: image and label files do not pair up")
+    if not images:
+        raise DataError(f"{image_dir}: no images found (.png, .jpg, .tif, ...)")
+    return [Pair(images[s], labels[s]) for s in sorted(images)]
+
+
+def load_samples(
+    folder: str | Path, channels: int | None = None, classes: ClassSpec | None = None
+) -> Samples:
+    """Read and check every pair. ``channels=None`` picks 3 if any image is in colour,
+    else 1; ``classes=None`` detects the label encoding over the whole set."""
+    pairs = find_pairs(folder)
+    problems: list[str] = []
+    raw_images: list[np.ndarray] = []
+    raw_labels: list[np.ndarray] = []
+    digest = hashlib.sha256()
+    for pair in pairs:
+        try:
+            image = read_image(pair.image, 3)
+            label = read_label(pair.label)
+        except ImageError as exc:
+            problems.append(str(exc))
+            continue
+        if image.shape[:2] != label.shape[:2]:
+            problems.append(
+                f"{pair.label}: label is {label.shape[1]}x{label.shape[0]} but its image is "
+                f"{image.shape[1]}x{image.shape[0]}"
+            )
+            continue
+        for path in (pair.image, pair.label):
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+        raw_images.append(image)
+        raw_labels.append(label)
+    if problems:
+        raise _report(problems, f"{folder}: unreadable or mismatched files")
+
+    if channels is None:
+        colour = any(not (im[..., 0] == im[..., 1]).all() or not (im[..., 1] == im[..., 2]).all() for im in raw_images)
+        channels = 3 if colour else 1
+    images = [im if channels == 3 else np.ascontiguousarray(im[..., :1]) for im in raw_images]
+
+    if classes is None:
+        values: set[int] = set()
+        colour_files = []
+        for pair, label in zip(pairs, raw_labels):
+            if label.ndim == 3:
+                colour_files.append(str(pair.label))
+            else:
+                values.update(np.unique(label).tolist())
+        try:
+            classes = detect_classes(values, colour_files)
+        except LabelError as exc:
+            raise DataError(f"{folder / 'label'}: {exc}") from None
+    masks = []
+    for pair, label in zip(pairs, raw_labels):
+        try:
+            masks.append(classes.decode(label, pair.label))
+        except LabelError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise _report(problems, f"{folder}: label values out of range")
+    return Samples(pairs, images, masks, classes, digest.hexdigest())
+
+
+def split_samples(samples: Samples, val_fraction: float, seed: int) -> tuple[Samples, Samples]:
+    """A deterministic (by seed) train/validation split; at least one of each."""
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"val fraction must be between 0 and 1, got {val_fraction}")
+    n = len(samples)
+    if n < 2:
+        raise DataError(f"need at least 2 image pairs to split off validation, found {n}")
+    n_val = min(n - 1, max(1, round(n * val_fraction)))
+    order = np.random.default_rng(seed).permutation(n).tolist()
+    return samples.subset(sorted(order[n_val:])), samples.subset(sorted(order[:n_val]))
+
+
+def training_dataset(samples: Samples, crop: int, batch_size: int, augment: object, seed: int):  # type: ignore[no-untyped-def]
+    """Endless batches of augmented random crops: cache -> shuffle -> augment -> crop ->
+    batch -> prefetch. Each sample's randomness is seeded by (seed, sample counter)."""
+    import tensorflow as tf
+
+    from .augment import AugmentConfig, augment_pair, random_crop_pair
+
+    assert isinstance(augment, AugmentConfig)
+    too_small = [
+        f"{p.image} ({m.shape[1]}x{m.shape[0]})" for p, m in zip(samples.pairs, samples.masks) if min(m.shape) < crop
+    ]
+    if too_small:
+        raise _report(too_small, f"crop {crop} is larger than these images; lower --crop")
+    channels = samples.images[0].shape[2]
+
+    def generate():  # type: ignore[no-untyped-def]
+        for image, mask in zip(samples.images, samples.masks):
+            yield image, mask[:, :, None]
+
+    spec = (
+        tf.TensorSpec((None, None, channels), tf.uint8),
+        tf.TensorSpec((None, None, 1), tf.uint8),
+    )
+    pairs = tf.data.Dataset.from_generator(generate, output_signature=spec).cache()
+    pairs = pairs.shuffle(len(samples), seed=seed, reshuffle_each_iteration=True).repeat()
+    counter = tf.data.Dataset.counter()
+
+    def transform(pair, index):  # type: ignore[no-untyped-def]
+        image, mask = pair
+        sample_seed = tf.stack([tf.constant(seed, tf.int64), index])
+        image, mask = augment_pair(image, mask, augment, sample_seed)
+        return random_crop_pair(image, mask, crop, sample_seed)
+
+    ds = tf.data.Dataset.zip((pairs, counter)).map(transform, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def validation_dataset(samples: Samples, multiple: int):  # type: ignore[no-untyped-def]
+    """Whole images, one per batch, mirror-padded to a multiple of the model stride with
+    zero sample weight on the padding, so metrics count exactly the real pixels."""
+    import tensorflow as tf
+
+    from fcnx.runtime.padding import pad_to_multiple
+
+    xs, ys, ws = [], [], []
+    for image, mask in zip(samples.images, samples.masks):
+        weight = np.ones(mask.shape, np.float32)
+        xs.append(pad_to_multiple(image, multiple))
+        ys.append(pad_to_multiple(mask[:, :, None], multiple))
+        ws.append(np.pad(weight, [(0, -mask.shape[0] % multiple), (0, -mask.shape[1] % multiple)]))
+    channels = xs[0].shape[2]
+
+    def generate():  # type: ignore[no-untyped-def]
+        yield from zip(xs, ys, ws)
+
+    spec = (
+        tf.TensorSpec((None, None, channels), tf.uint8),
+        tf.TensorSpec((None, None, 1), tf.uint8),
+        tf.TensorSpec((None, None), tf.float32),
+    )
+    return tf.data.Dataset.from_generator(generate, output_signature=spec).cache().batch(1)

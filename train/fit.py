@@ -1,0 +1,187 @@
+"""``fcnx train``: fit an FCN on an image/label folder and write a run folder.
+
+Run folder::
+
+    best.keras    best validation mIoU (inference mode, whole images)
+    last.keras    the latest epoch
+    history.csv   one row per epoch (loss, mIoU, IoU per class, pixel accuracy, lr)
+    logs/         TensorBoard
+    config.json   the TrainConfig, to reproduce the run
+    card.json     the ModelCard, with best.keras's whole-image validation metrics
+    backup/       only while a run is unfinished: what --resume continues from
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from fcnx.runtime.atomic import atomic_write_text
+from fcnx.runtime.card import ModelCard, library_versions
+
+from .config import TrainConfig
+from .data import DataError, Samples, load_samples, split_samples, training_dataset, validation_dataset
+from .labels import read_classes_file
+from .losses import SegmentationLoss, segmentation_metrics
+from .models import build_fcn
+
+RUN_FILES = ("best.keras", "last.keras", "history.csv", "config.json", "card.json")
+
+
+class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """Keras's ModelCheckpoint (same monitor/mode/best logic), but it writes to a temp
+    file beside the target and renames it into place: a crash mid-save never leaves a
+    half-written checkpoint."""
+
+    def __init__(self, filepath: str | Path, **kwargs: Any) -> None:
+        super().__init__(str(filepath), **kwargs)
+        self._final = Path(filepath)
+        self._partial = self._final.with_name(f".{self._final.stem}.partial.keras")
+        self._partial.unlink(missing_ok=True)  # left by a killed run
+
+    def _get_file_path(self, epoch: int, batch: int | None, logs: dict[str, Any] | None) -> str:
+        return str(self._partial)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        super().on_epoch_end(epoch, logs)
+        if self._partial.exists():
+            os.replace(self._partial, self._final)
+
+
+def _best_so_far(history: Path, monitor: str) -> float | None:
+    """The best monitored value in an interrupted run's history, so a resumed run does
+    not overwrite best.keras with a worse epoch."""
+    if not history.exists():
+        return None
+    with history.open(newline="") as f:
+        values = [float(row[monitor]) for row in csv.DictReader(f) if row.get(monitor)]
+    return max(values) if values else None
+
+
+def _prepare_run_dir(out: Path, resume: bool) -> None:
+    backup = out / "backup"
+    if resume:
+        if not backup.is_dir():
+            done = (out / "history.csv").exists() and (out / "last.keras").exists()
+            reason = "it already finished" if done else "no interrupted run is there"
+            raise DataError(f"{out}: nothing to resume ({reason})")
+        return
+    if out.exists() and any(out.iterdir()):
+        raise DataError(f"{out}: run folder is not empty; pass --resume to continue it or choose another -o")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def load_training_data(config: TrainConfig) -> tuple[Samples, Samples]:
+    classes = read_classes_file(config.classes) if config.classes else None
+    samples = load_samples(config.data, config.channels, classes)
+    if config.val:
+        val = load_samples(config.val, samples.images[0].shape[2], samples.classes)
+        return samples, val
+    return split_samples(samples, config.val_fraction, config.seed)
+
+
+def make_card(config: TrainConfig, train: Samples, val: Samples, metrics: dict[str, Any]) -> ModelCard:
+    m = config.model
+    sizes = train.sizes | val.sizes
+    stride = m.output_stride
+    height = width = None
+    if len(sizes) == 1:  # a dataset of one size is deployed at that size (rounded up to the stride)
+        (h, w), = sizes
+        height, width = h + (-h % stride), w + (-w % stride)
+    return ModelCard(
+        architecture=m.arch,
+        width=m.width,
+        classes=train.classes.names,
+        palette=train.classes.palette,
+        input_channels=m.in_channels,
+        input_height=height,
+        input_width=width,
+        input_multiple=stride,
+        norm_mean=m.norm_mean,
+        norm_std=m.norm_std,
+        output_kind=m.head,
+        training={
+            "data": str(Path(config.data).resolve()),
+            "label_encoding": train.classes.encoding,
+            "train_images": [p.name for p in train.pairs],
+            "val_images": [p.name for p in val.pairs],
+            "val_metrics": metrics,
+        },
+        source={"data_sha256": train.fingerprint},
+        versions=library_versions("fcnx", "tensorflow", "keras", "numpy", "opencv-python-headless"),
+        model_config=m.to_dict(),
+    )
+
+
+def train(
+    config: TrainConfig, verbose: str | int = "auto", callbacks: list[keras.callbacks.Callback] | None = None
+) -> dict[str, Any]:
+    """Run training; returns a summary (run folder, best metrics, seconds). ``callbacks``
+    are extra Keras callbacks, run after fcnx's own (backup, checkpoints, CSV, TensorBoard)."""
+    out = Path(config.out)
+    _prepare_run_dir(out, config.resume)
+    train_set, val_set = load_training_data(config)
+    model_config = dataclasses.replace(
+        config.model, in_channels=train_set.images[0].shape[2], num_classes=train_set.classes.num_classes
+    )
+    config = dataclasses.replace(config, model=model_config)
+    if not config.resume:
+        atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+        make_card(config, train_set, val_set, {}).write(out / "card.json")
+
+    keras.utils.set_random_seed(config.seed)
+    model = build_fcn(model_config)
+    total_steps = config.epochs * config.steps_per_epoch
+    lr: Any = config.lr
+    if config.schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(config.lr, total_steps, alpha=0.02)
+    model.compile(
+        optimizer=keras.optimizers.Adam(lr),
+        loss=SegmentationLoss(
+            model_config.head,
+            model_config.num_classes,
+            config.dice_weight,
+            list(config.class_weights) if config.class_weights else None,
+        ),
+        metrics=segmentation_metrics(model_config.head, train_set.classes.names),
+    )
+    all_callbacks = [
+        keras.callbacks.BackupAndRestore(str(out / "backup")),
+        AtomicModelCheckpoint(
+            out / "best.keras",
+            monitor="val_miou",
+            mode="max",
+            save_best_only=True,
+            initial_value_threshold=_best_so_far(out / "history.csv", "val_miou"),
+        ),
+        AtomicModelCheckpoint(out / "last.keras"),
+        keras.callbacks.CSVLogger(str(out / "history.csv"), append=config.resume),
+        keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False, profile_batch=0),
+        *(callbacks or []),
+    ]
+    started = time.perf_counter()
+    model.fit(
+        training_dataset(train_set, config.crop, config.batch_size, config.augment, config.seed),
+        epochs=config.epochs,
+        steps_per_epoch=config.steps_per_epoch,
+        validation_data=validation_dataset(val_set, model_config.output_stride),
+        callbacks=all_callbacks,
+        verbose=verbose,
+    )
+    seconds = time.perf_counter() - started
+
+    from .evaluate import evaluate_samples, load_keras_model
+
+    best = load_keras_model(out / "best.keras")
+    metrics = evaluate_samples(best, val_set, model_config.head)
+    metrics["train_seconds"] = round(seconds, 1)
+    metrics["epochs"] = config.epochs
+    make_card(config, train_set, val_set, metrics).write(out / "card.json")
+    return {"run": str(out), "val_metrics": metrics, "seconds": seconds}
