@@ -7,6 +7,7 @@ Unknown keys are an error, never silently dropped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import platform
@@ -40,15 +41,15 @@ class ModelCard:
     source: dict[str, str] = field(default_factory=dict)  # sha256 of inputs it came from
     versions: dict[str, str] = field(default_factory=dict)  # fcnx and library versions
     model_config: dict[str, Any] = field(default_factory=dict)
+    precision: str = "fp32"  # of the artifact carrying the card: fp32, fp16, int8
+    export: dict[str, Any] = field(default_factory=dict)  # format, opset, outputs, source hash
     card_version: int = CARD_VERSION
 
     def __post_init__(self) -> None:
         if len(self.classes) < 2:
             raise CardError(f"a card needs at least 2 classes, got {list(self.classes)}")
         if len(self.palette) != len(self.classes):
-            raise CardError(
-                f"palette has {len(self.palette)} colours for {len(self.classes)} classes"
-            )
+            raise CardError(f"palette has {len(self.palette)} colours for {len(self.classes)} classes")
         if self.input_channels not in (1, 3):
             raise CardError(f"input_channels must be 1 or 3, got {self.input_channels}")
         if self.output_kind not in OUTPUT_KINDS:
@@ -134,10 +135,8 @@ def library_versions(*distributions: str) -> dict[str, str]:
 
     versions = {"python": platform.python_version()}
     for name in distributions:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return versions
 
 

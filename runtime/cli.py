@@ -13,15 +13,23 @@ import importlib
 import os
 import sys
 
+from .ort_backend import BackendError
+
 # name -> (module, extra that provides its libraries, one-line help)
 COMMANDS: dict[str, tuple[str, str | None, str]] = {
     "demo": ("fcnx.train.commands.demo", "train", "synth -> train briefly -> evaluate, in one folder"),
     "synth": ("fcnx.train.commands.synth", None, "write a synthetic EM-like image/label dataset"),
     "train": ("fcnx.train.commands.train", "train", "train an FCN on an image/label folder"),
     "evaluate": ("fcnx.train.commands.evaluate", "train", "mIoU, per-class IoU, accuracy, Dice of a model"),
+    "export": (
+        "fcnx.export.commands.export",
+        "export",
+        "Keras -> ONNX (FP32/FP16, parity-checked) -> TensorRT engine",
+    ),
+    "parity": ("fcnx.export.commands.parity", "export", "compare exported artifacts with the Keras model"),
 }
 
-HEAVY_LIBRARIES = {"tensorflow", "keras", "tensorboard", "tf2onnx", "onnx", "onnxruntime"}
+HEAVY_LIBRARIES = {"tensorflow", "keras", "tensorboard", "tf2onnx", "onnx", "onnxconverter_common"}
 
 
 class CommandError(Exception):
@@ -57,7 +65,7 @@ def _missing_extra(exc: ModuleNotFoundError, command: str, extra: str | None) ->
     if root not in HEAVY_LIBRARIES:
         return None
     need = extra or "all"
-    return CommandError(f"fcnx {command} needs {root}, which is not installed: pip install \"fcnx[{need}]\"", 2)
+    return CommandError(f'fcnx {command} needs {root}, which is not installed: pip install "fcnx[{need}]"', 2)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     except CommandError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, BackendError) as exc:
         if os.environ.get("FCNX_DEBUG"):
             raise
         # Our own errors (bad data, bad model files, bad flag values) are ValueErrors that

@@ -35,9 +35,7 @@ def _decode(path: Path, flags: int) -> np.ndarray:
     if image is None:
         raise ImageError(path, "not a decodable image (truncated, corrupt or not an image)")
     if image.shape[0] * image.shape[1] > MAX_PIXELS:
-        raise ImageError(
-            path, f"{image.shape[1]}x{image.shape[0]} pixels is over the limit of {MAX_PIXELS}"
-        )
+        raise ImageError(path, f"{image.shape[1]}x{image.shape[0]} pixels is over the limit of {MAX_PIXELS}")
     return image
 
 

@@ -11,10 +11,10 @@ sample, so a run is reproducible.
 from __future__ import annotations
 
 import math
+
 import tensorflow as tf
 
 from .config import AugmentConfig
-
 
 NO_AUGMENTATION = AugmentConfig(0, 0, 0, 0, 0, False, False, 0, 0)
 

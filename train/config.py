@@ -29,13 +29,20 @@ class ModelConfig:
     0.99`` reproduces the write-up's model; the defaults are the measured improvements."""
 
     arch: str = opt("fcn8s", "skip architecture", choices=ARCHS)
-    width: str = opt("slim", "encoder widths: slim 32-256 (the write-up), vgg16 64-512", choices=tuple(WIDTHS))
+    width: str = opt(
+        "slim", "encoder widths: slim 32-256 (the write-up), vgg16 64-512", choices=tuple(WIDTHS)
+    )
     in_channels: int = opt(1, "1 (grayscale) or 3 (RGB); fcnx train takes it from the data", cli=False)
     num_classes: int = opt(2, "classes; fcnx train takes it from the labels", cli=False)
-    head: str = opt("softmax", "softmax over the classes, or a 1-channel sigmoid (binary only)",
-                    choices=("softmax", "sigmoid"))
+    head: str = opt(
+        "softmax",
+        "softmax over the classes, or a 1-channel sigmoid (binary only)",
+        choices=("softmax", "sigmoid"),
+    )
     batch_norm: bool = opt(True, "batch normalization after every encoder conv")
-    bn_momentum: float = opt(0.9, "batch-norm moving-average momentum (Keras default 0.99 lags on short runs)")
+    bn_momentum: float = opt(
+        0.9, "batch-norm moving-average momentum (Keras default 0.99 lags on short runs)"
+    )
     bilinear_init: bool = opt(True, "initialize transposed convs to bilinear upsampling (the FCN paper)")
     linear_scores: bool = opt(True, "linear score layers (the write-up used ReLU)")
     fc_filters: int = opt(1024, "filters of the fc6/fc7 1x1 convolutions")
@@ -123,11 +130,13 @@ class TrainConfig:
 
     data: str = opt("", "dataset folder with image/ and label/", cli=False)
     out: str = opt("", "run folder to write", cli=False)
-    val: str | None = opt(None, "separate validation folder (image/, label/); default: split off --val-fraction",
-                          metavar="DIR")
+    val: str | None = opt(
+        None, "separate validation folder (image/, label/); default: split off --val-fraction", metavar="DIR"
+    )
     val_fraction: float = opt(0.15, "fraction of DATA held out for validation (deterministic by --seed)")
-    classes: str | None = opt(None, "classes file: 'name' or 'name R G B' per line; default: detect 0/255 or ids",
-                              metavar="FILE")
+    classes: str | None = opt(
+        None, "classes file: 'name' or 'name R G B' per line; default: detect 0/255 or ids", metavar="FILE"
+    )
     channels: int | None = opt(None, "model input channels, 1 or 3; default: 3 if any image is colour")
     epochs: int = opt(24, "epochs")
     steps_per_epoch: int = opt(50, "batches per epoch (random crops, so an epoch is a step count)")

@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from fcnx.runtime.images import ImageError, list_images, read_image, read_label
 
+from .config import AugmentConfig
 from .labels import ClassSpec, LabelError, detect_classes
 
 
@@ -86,8 +88,14 @@ def find_pairs(folder: str | Path) -> list[Pair]:
         return seen
 
     images, labels = by_stem(list_images(image_dir)), by_stem(list_images(label_dir))
-    problems += [f"{images[s]}: no label with the same name in {label_dir}" for s in sorted(images.keys() - labels.keys())]
-    problems += [f"{labels[s]}: no image with the same name in {image_dir}" for s in sorted(labels.keys() - images.keys())]
+    problems += [
+        f"{images[s]}: no label with the same name in {label_dir}"
+        for s in sorted(images.keys() - labels.keys())
+    ]
+    problems += [
+        f"{labels[s]}: no image with the same name in {image_dir}"
+        for s in sorted(labels.keys() - images.keys())
+    ]
     if problems:
         raise _report(problems, f"{folder}: image and label files do not pair up")
     if not images:
@@ -127,7 +135,9 @@ def load_samples(
         raise _report(problems, f"{folder}: unreadable or mismatched files")
 
     if channels is None:
-        colour = any(not (im[..., 0] == im[..., 1]).all() or not (im[..., 1] == im[..., 2]).all() for im in raw_images)
+        colour = any(
+            not (im[..., 0] == im[..., 1]).all() or not (im[..., 1] == im[..., 2]).all() for im in raw_images
+        )
         channels = 3 if colour else 1
     images = [im if channels == 3 else np.ascontiguousarray(im[..., :1]) for im in raw_images]
 
@@ -142,7 +152,7 @@ def load_samples(
         try:
             classes = detect_classes(values, colour_files)
         except LabelError as exc:
-            raise DataError(f"{folder / 'label'}: {exc}") from None
+            raise DataError(f"{Path(folder) / 'label'}: {exc}") from None
     masks = []
     for pair, label in zip(pairs, raw_labels):
         try:
@@ -166,22 +176,23 @@ def split_samples(samples: Samples, val_fraction: float, seed: int) -> tuple[Sam
     return samples.subset(sorted(order[n_val:])), samples.subset(sorted(order[:n_val]))
 
 
-def training_dataset(samples: Samples, crop: int, batch_size: int, augment: object, seed: int):  # type: ignore[no-untyped-def]
+def training_dataset(samples: Samples, crop: int, batch_size: int, augment: AugmentConfig, seed: int) -> Any:
     """Endless batches of augmented random crops: cache -> shuffle -> augment -> crop ->
     batch -> prefetch. Each sample's randomness is seeded by (seed, sample counter)."""
     import tensorflow as tf
 
-    from .augment import AugmentConfig, augment_pair, random_crop_pair
+    from .augment import augment_pair, random_crop_pair
 
-    assert isinstance(augment, AugmentConfig)
     too_small = [
-        f"{p.image} ({m.shape[1]}x{m.shape[0]})" for p, m in zip(samples.pairs, samples.masks) if min(m.shape) < crop
+        f"{p.image} ({m.shape[1]}x{m.shape[0]})"
+        for p, m in zip(samples.pairs, samples.masks)
+        if min(m.shape) < crop
     ]
     if too_small:
         raise _report(too_small, f"crop {crop} is larger than these images; lower --crop")
     channels = samples.images[0].shape[2]
 
-    def generate():  # type: ignore[no-untyped-def]
+    def generate() -> Any:
         for image, mask in zip(samples.images, samples.masks):
             yield image, mask[:, :, None]
 
@@ -193,7 +204,7 @@ def training_dataset(samples: Samples, crop: int, batch_size: int, augment: obje
     pairs = pairs.shuffle(len(samples), seed=seed, reshuffle_each_iteration=True).repeat()
     counter = tf.data.Dataset.counter()
 
-    def transform(pair, index):  # type: ignore[no-untyped-def]
+    def transform(pair: Any, index: Any) -> Any:
         image, mask = pair
         sample_seed = tf.stack([tf.constant(seed, tf.int64), index])
         image, mask = augment_pair(image, mask, augment, sample_seed)
@@ -203,7 +214,7 @@ def training_dataset(samples: Samples, crop: int, batch_size: int, augment: obje
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
-def validation_dataset(samples: Samples, multiple: int):  # type: ignore[no-untyped-def]
+def validation_dataset(samples: Samples, multiple: int) -> Any:
     """Whole images, one per batch, mirror-padded to a multiple of the model stride with
     zero sample weight on the padding, so metrics count exactly the real pixels."""
     import tensorflow as tf
@@ -218,7 +229,7 @@ def validation_dataset(samples: Samples, multiple: int):  # type: ignore[no-unty
         ws.append(np.pad(weight, [(0, -mask.shape[0] % multiple), (0, -mask.shape[1] % multiple)]))
     channels = xs[0].shape[2]
 
-    def generate():  # type: ignore[no-untyped-def]
+    def generate() -> Any:
         yield from zip(xs, ys, ws)
 
     spec = (

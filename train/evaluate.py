@@ -40,7 +40,9 @@ def load_keras_model(path: str | Path) -> keras.Model:
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
     if not zipfile.is_zipfile(path):
-        raise ModelFileError(f"{path}: not a Keras .keras file (not a zip archive; truncated or another format)")
+        raise ModelFileError(
+            f"{path}: not a Keras .keras file (not a zip archive; truncated or another format)"
+        )
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:
@@ -74,7 +76,7 @@ def predict_masks(
     i = 0
     while i < len(images):
         shape = pad_to_multiple(images[i], multiple).shape
-        batch = []
+        batch: list[tuple[np.ndarray, tuple[int, int]]] = []
         while i < len(images) and len(batch) < batch_size:
             padded = pad_to_multiple(images[i], multiple)
             if padded.shape != shape:

@@ -93,7 +93,7 @@ def make_card(config: TrainConfig, train: Samples, val: Samples, metrics: dict[s
     stride = m.output_stride
     height = width = None
     if len(sizes) == 1:  # a dataset of one size is deployed at that size (rounded up to the stride)
-        (h, w), = sizes
+        ((h, w),) = sizes
         height, width = h + (-h % stride), w + (-w % stride)
     return ModelCard(
         architecture=m.arch,
@@ -172,6 +172,8 @@ def train(
         epochs=config.epochs,
         steps_per_epoch=config.steps_per_epoch,
         validation_data=validation_dataset(val_set, model_config.output_stride),
+        validation_steps=len(val_set),
+        shuffle=False,  # the tf.data pipeline shuffles, seeded
         callbacks=all_callbacks,
         verbose=verbose,
     )

@@ -49,15 +49,15 @@ class ClassSpec:
             return (label == 255).astype(np.uint8)
         if int(label.max()) >= self.num_classes:
             values = np.unique(label[label >= self.num_classes])[:5].tolist()
-            raise LabelError(
-                f"{path}: class ids must be 0..{self.num_classes - 1}, found {values}"
-            )
+            raise LabelError(f"{path}: class ids must be 0..{self.num_classes - 1}, found {values}")
         return label.astype(np.uint8, copy=False)
 
     def _decode_palette(self, label: np.ndarray, path: str | Path) -> np.ndarray:
         if label.ndim != 3:
             raise LabelError(f"{path}: expected an RGB colour mask, got a single-channel image")
-        packed = (label[..., 0].astype(np.int32) << 16) | (label[..., 1].astype(np.int32) << 8) | label[..., 2]
+        packed = (
+            (label[..., 0].astype(np.int32) << 16) | (label[..., 1].astype(np.int32) << 8) | label[..., 2]
+        )
         ids = np.full(packed.shape, 255, dtype=np.uint8)
         for k, (r, g, b) in enumerate(self.palette):
             ids[packed == (r << 16 | g << 8 | b)] = k

@@ -20,6 +20,7 @@ from .config import ARCHS, CONVS_PER_BLOCK, WIDTHS, ModelConfig
 
 __all__ = ["ARCHS", "WIDTHS", "ModelConfig", "bilinear_kernel", "build_fcn"]
 
+
 def bilinear_kernel(size: int, channels: int) -> np.ndarray:
     """A Conv2DTranspose kernel (size, size, channels, channels) that upsamples each
     channel bilinearly and independently, as the FCN paper initializes its deconvolutions.

@@ -22,7 +22,9 @@ def _smooth_field(rng: np.random.Generator, size: int, cells: int, amplitude: fl
     return cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC) * amplitude
 
 
-def _two_nearest(ys: np.ndarray, xs: np.ndarray, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _two_nearest(
+    ys: np.ndarray, xs: np.ndarray, seeds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Distance to the nearest and second-nearest seed, and the nearest seed's index."""
     d1 = np.empty(ys.shape, np.float32)
     d2 = np.empty(ys.shape, np.float32)

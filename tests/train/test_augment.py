@@ -16,14 +16,17 @@ def _blocks(size: int = 96) -> tuple[np.ndarray, np.ndarray]:
     return (mask * 100).astype(np.uint8), mask
 
 
-GEOMETRIC = AugmentConfig(brightness=0.0, contrast=0.0, rotation=30.0, shear=10.0, zoom=0.2,
-                          width_shift=0.1, height_shift=0.1)
+GEOMETRIC = AugmentConfig(
+    brightness=0.0, contrast=0.0, rotation=30.0, shear=10.0, zoom=0.2, width_shift=0.1, height_shift=0.1
+)
 
 
 @pytest.mark.parametrize("seed", range(6))
 def test_image_and_mask_stay_aligned(seed: int) -> None:
     image, mask = _blocks()
-    out_image, out_mask = augment_pair(tf.constant(image), tf.constant(mask), GEOMETRIC, tf.constant([7, seed]))
+    out_image, out_mask = augment_pair(
+        tf.constant(image), tf.constant(mask), GEOMETRIC, tf.constant([7, seed])
+    )
     out_image, out_mask = out_image.numpy(), out_mask.numpy()
     assert out_image.dtype == np.uint8 and out_mask.dtype == np.uint8
     assert set(np.unique(out_mask)) <= {0, 1, 2}  # nearest: no new class values
@@ -45,11 +48,22 @@ def test_same_seed_same_result_other_seed_other_result() -> None:
 
 def test_flip_only_is_an_exact_flip() -> None:
     image, mask = _blocks()
-    flips = AugmentConfig(rotation=0, width_shift=0, height_shift=0, shear=0, zoom=0,
-                          hflip=True, vflip=False, brightness=0, contrast=0)
+    flips = AugmentConfig(
+        rotation=0,
+        width_shift=0,
+        height_shift=0,
+        shear=0,
+        zoom=0,
+        hflip=True,
+        vflip=False,
+        brightness=0,
+        contrast=0,
+    )
     seen = set()
     for seed in range(8):
-        out_image, out_mask = augment_pair(tf.constant(image), tf.constant(mask), flips, tf.constant([0, seed]))
+        out_image, out_mask = augment_pair(
+            tf.constant(image), tf.constant(mask), flips, tf.constant([0, seed])
+        )
         flipped = np.array_equal(out_mask.numpy(), mask[:, ::-1])
         assert flipped or np.array_equal(out_mask.numpy(), mask)
         assert np.array_equal(out_image.numpy(), out_mask.numpy() * 100)
@@ -59,9 +73,20 @@ def test_flip_only_is_an_exact_flip() -> None:
 
 def test_brightness_contrast_change_the_image_only() -> None:
     image, mask = _blocks()
-    photometric = AugmentConfig(rotation=0, width_shift=0, height_shift=0, shear=0, zoom=0,
-                                hflip=False, vflip=False, brightness=0.3, contrast=0.3)
-    out_image, out_mask = augment_pair(tf.constant(image), tf.constant(mask), photometric, tf.constant([0, 1]))
+    photometric = AugmentConfig(
+        rotation=0,
+        width_shift=0,
+        height_shift=0,
+        shear=0,
+        zoom=0,
+        hflip=False,
+        vflip=False,
+        brightness=0.3,
+        contrast=0.3,
+    )
+    out_image, out_mask = augment_pair(
+        tf.constant(image), tf.constant(mask), photometric, tf.constant([0, 1])
+    )
     assert np.array_equal(out_mask.numpy(), mask)
     assert not np.array_equal(out_image.numpy(), image)
 
@@ -73,7 +98,9 @@ def test_random_crop_takes_the_same_window() -> None:
     assert np.array_equal(out_image.numpy(), out_mask.numpy() * 100)
 
 
-@pytest.mark.parametrize("kwargs", [dict(zoom=1.0), dict(rotation=200), dict(shear=90), dict(brightness=-0.1)])
+@pytest.mark.parametrize(
+    "kwargs", [dict(zoom=1.0), dict(rotation=200), dict(shear=90), dict(brightness=-0.1)]
+)
 def test_bad_augment_config(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         AugmentConfig(**kwargs)

@@ -20,7 +20,9 @@ def _dataset(root: Path, names: list[str], label: np.ndarray | None = None, size
     rng = np.random.default_rng(0)
     for name in names:
         _write(root / "image" / f"{name}.png", rng.integers(0, 256, (size, size), np.uint8))
-        mask = label if label is not None else np.where(rng.random((size, size)) > 0.5, 255, 0).astype(np.uint8)
+        mask = (
+            label if label is not None else np.where(rng.random((size, size)) > 0.5, 255, 0).astype(np.uint8)
+        )
         _write(root / "label" / f"{name}.png", mask)
     return root
 
@@ -124,8 +126,13 @@ def test_colour_labels_without_classes_file_say_what_to_do(tmp_path: Path) -> No
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("only\n", "at least 2 classes"), ("a\na\n", "unique"), ("a 1 2\nb\n", "expected 'name'"),
-     ("a 0 0 0\nb\n", "every class or for none"), ("a 0 0 0\nb 0 0 0\n", "share a colour")],
+    [
+        ("only\n", "at least 2 classes"),
+        ("a\na\n", "unique"),
+        ("a 1 2\nb\n", "expected 'name'"),
+        ("a 0 0 0\nb\n", "every class or for none"),
+        ("a 0 0 0\nb 0 0 0\n", "share a colour"),
+    ],
 )
 def test_bad_classes_files(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "classes.txt"
@@ -149,7 +156,7 @@ def test_split_is_deterministic_and_disjoint(tmp_path: Path) -> None:
     samples = load_samples(_dataset(tmp_path, [f"{i:02d}" for i in range(24)], size=8))
     train, val = split_samples(samples, 0.15, seed=3)
     assert (len(train), len(val)) == (20, 4)
-    again_train, again_val = split_samples(samples, 0.15, seed=3)
+    _, again_val = split_samples(samples, 0.15, seed=3)
     assert [p.name for p in val.pairs] == [p.name for p in again_val.pairs]
     assert not {p.name for p in train.pairs} & {p.name for p in val.pairs}
     _, other_val = split_samples(samples, 0.15, seed=4)

@@ -79,8 +79,14 @@ def test_bilinear_init_upsamples_a_constant_to_a_constant() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(arch="fcn3s"), dict(width="huge"), dict(in_channels=2), dict(num_classes=1),
-     dict(head="sigmoid", num_classes=3), dict(dropout=1.0)],
+    [
+        dict(arch="fcn3s"),
+        dict(width="huge"),
+        dict(in_channels=2),
+        dict(num_classes=1),
+        dict(head="sigmoid", num_classes=3),
+        dict(dropout=1.0),
+    ],
 )
 def test_bad_model_config_is_an_error(kwargs: dict) -> None:
     with pytest.raises(ValueError):

@@ -9,7 +9,9 @@ from pathlib import Path
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__)
-    parser.add_argument("dir", nargs="?", default="fcnx-demo", help="folder for data/, run/, masks/ (default: fcnx-demo)")
+    parser.add_argument(
+        "dir", nargs="?", default="fcnx-demo", help="folder for data/, run/, masks/ (default: fcnx-demo)"
+    )
     parser.add_argument("--arch", default="fcn8s", help="architecture (default: fcn8s)")
     parser.add_argument("--epochs", type=int, default=6, help="epochs (default: 6)")
     parser.add_argument("--steps-per-epoch", type=int, default=25, help="batches per epoch (default: 25)")

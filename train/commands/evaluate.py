@@ -13,7 +13,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("data", help="folder with image/ and label/")
     parser.add_argument("--classes", help="classes file (default: the run's card.json, else detect)")
     parser.add_argument("--batch-size", type=int, default=4, help="images per batch (default: 4)")
-    parser.add_argument("--save-masks", metavar="DIR", help="write predicted masks here, as the labels are encoded")
+    parser.add_argument(
+        "--save-masks", metavar="DIR", help="write predicted masks here, as the labels are encoded"
+    )
     parser.add_argument("--json", metavar="FILE", help="write the report as JSON")
     return parser
 

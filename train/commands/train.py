@@ -40,5 +40,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nrun folder: {summary['run']}   ({summary['seconds'] / 60:.1f} min)")
     print(f"best.keras on {metrics['images']} validation images (whole images, inference mode):")
     print(f"  mIoU {metrics['miou']:.4f}   pixel accuracy {metrics['pixel_accuracy']:.4f}")
-    print("  IoU per class: " + json.dumps({k: round(v, 4) if v is not None else None for k, v in metrics["per_class_iou"].items()}))
+    print(
+        "  IoU per class: "
+        + json.dumps({k: round(v, 4) if v is not None else None for k, v in metrics["per_class_iou"].items()})
+    )
     return 0

@@ -1,0 +1,105 @@
+"""Export parity on real images: FP32 and FP16 ONNX of the membrane-trained models
+against their Keras originals, over all 24 membrane images (and 4 seeded random ones).
+
+Needs the run folders of ``benchmarks/train_quality.py``. Runs exactly
+``fcnx export onnx RUN -o OUT --precision P --data DATA`` for each model and
+precision, timing it, and writes ``benchmarks/results/export_parity.{json,md}``.
+
+    python benchmarks/export_parity.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from machine import describe_machine  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data" / "membrane")
+    parser.add_argument("--runs", type=Path, default=HERE.parent / "runs" / "train_quality")
+    parser.add_argument("--archs", default="fcn8s,fcn2s")
+    parser.add_argument("--out", type=Path, default=HERE.parent / "runs" / "export_parity")
+    parser.add_argument("--results", type=Path, default=HERE / "results")
+    args = parser.parse_args()
+
+    from fcnx.export.onnx_export import OnnxExportConfig, export_onnx
+
+    rows = []
+    for arch in args.archs.split(","):
+        run = args.runs / arch
+        if not (run / "best.keras").is_file():
+            raise SystemExit(f"{run}/best.keras not found: run benchmarks/train_quality.py first")
+        for precision in ("fp32", "fp16"):
+            out = args.out / arch / ("model.onnx" if precision == "fp32" else "model.fp16.onnx")
+            started = time.perf_counter()
+            result = export_onnx(
+                OnnxExportConfig(
+                    model=str(run), out=str(out), precision=precision, data=str(args.data), force=True
+                )
+            )
+            total = time.perf_counter() - started
+            parity = result["parity"][0].to_dict()
+            rows.append(
+                {
+                    "arch": arch,
+                    "precision": precision,
+                    "export_seconds": round(total, 1),
+                    "convert_seconds": result["convert_seconds"],
+                    "mib": round(result["bytes"] / 2**20, 1),
+                    "parity": parity,
+                }
+            )
+            print(
+                arch,
+                precision,
+                json.dumps({k: parity[k] for k in ("max_abs_prob", "mask_agreement", "miou_change")}),
+            )
+    result_doc = {
+        "suite": "export_parity",
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": describe_machine(),
+        "rows": rows,
+    }
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "export_parity.json").write_text(json.dumps(result_doc, indent=2) + "\n")
+    (args.results / "export_parity.md").write_text(to_markdown(result_doc))
+    print(to_markdown(result_doc))
+    return 0
+
+
+def to_markdown(doc: dict) -> str:
+    m = doc["machine"]
+    lines = [
+        f"Each row is one `fcnx export onnx RUN --precision P --data membrane` of a model from the table above, "
+        f"compared with Keras on the 24 membrane images plus 4 seeded random ones "
+        f"({doc['date']}, {m['cpu']}, {m['cores']} cores, onnxruntime CPU).",
+        "",
+        "| model | ONNX | max abs prob error | mean abs error | mask agreement | within 2 px of edges "
+        "| mIoU change vs GT | budget | size | export time |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in doc["rows"]:
+        p = row["parity"]
+        change = p["miou_change"]
+        lines.append(
+            f"| {row['arch'].upper().replace('FCN', 'FCN-')} | {row['precision'].upper()} | {p['max_abs_prob']:.1e} | "
+            f"{p['mean_abs_prob']:.1e} | {p['mask_agreement']:.4%} | {p['boundary_agreement']:.4%} | "
+            f"{change * 100:+.3f} pt | {'pass' if p['passed'] else 'FAIL'} | {row['mib']} MiB | "
+            f"{row['export_seconds']:.0f} s |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The ``fcnx export`` and ``fcnx parity`` subcommands (see runtime/cli.py)."""

@@ -1,0 +1,64 @@
+"""fcnx export {onnx,engine}: Keras -> ONNX (FP32/FP16, parity-checked) -> TensorRT engine."""
+
+from __future__ import annotations
+
+import argparse
+
+from fcnx.export.engine import EngineBuildConfig
+from fcnx.export.onnx_export import OnnxExportConfig
+from fcnx.runtime.flags import add_dataclass_flags, dataclass_from_args
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
+    sub = parser.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    onnx = sub.add_parser(
+        "onnx",
+        help="Keras .keras (or run folder) -> ONNX, parity-checked against Keras",
+        description="Convert with tf2onnx, add the in-graph uint8 mask, embed the model card, check, "
+        "prove parity against Keras, then write. Over budget: nothing is written, exit 1.",
+    )
+    onnx.add_argument("model", help="a .keras file or a run folder (its best.keras)")
+    onnx.add_argument("-o", "--out", required=True, help="the .onnx file to write")
+    add_dataclass_flags(onnx, OnnxExportConfig)
+    engine = sub.add_parser(
+        "engine",
+        help="fcnx ONNX -> TensorRT engine (needs TensorRT and an NVIDIA GPU)",
+        description="Build a strongly typed TensorRT engine (precision from the ONNX) with one batch "
+        "optimization profile, and write OUT plus its sidecar OUT.json.",
+    )
+    engine.add_argument("onnx", help="an ONNX file exported by fcnx export onnx")
+    engine.add_argument("-o", "--out", required=True, help="the engine file to write")
+    add_dataclass_flags(engine, EngineBuildConfig)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from fcnx.runtime.cli import CommandError
+
+    if args.format == "onnx":
+        from fcnx.export.onnx_export import ParityError, export_onnx
+        from fcnx.export.parity import format_rows
+
+        config = dataclass_from_args(OnnxExportConfig, args, model=args.model, out=args.out)
+        try:
+            result = export_onnx(config)
+        except ParityError as exc:
+            print(format_rows(exc.rows))
+            raise CommandError(str(exc), 1) from None
+        print(format_rows(result["parity"]))
+        print(
+            f"\nwrote {result['path']} ({result['bytes'] / 2**20:.1f} MiB, {result['precision']}, "
+            f"outputs {', '.join(result['outputs'])}) in {result['convert_seconds']:.1f} s"
+        )
+        return 0
+
+    from fcnx.export.engine import TensorRTUnavailable, build_engine
+
+    config = dataclass_from_args(EngineBuildConfig, args, onnx=args.onnx, out=args.out)
+    try:
+        result = build_engine(config)
+    except TensorRTUnavailable as exc:
+        raise CommandError(str(exc), 2) from None
+    print(f"wrote {result['path']} and {result['sidecar']} in {result['seconds']:.0f} s on {result['gpu']}")
+    return 0

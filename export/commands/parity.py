@@ -1,0 +1,35 @@
+"""fcnx parity MODEL.keras ARTIFACT...: does each exported artifact compute what the Keras
+model computes? One row per artifact; exit 1 when any row is over its budget."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
+    parser.add_argument("model", help="the reference: a .keras file or a run folder")
+    parser.add_argument("artifacts", nargs="+", help=".onnx files (any precision) exported from it")
+    parser.add_argument(
+        "--data", metavar="DIR", help="real images (image/, optional label/ for the mIoU change)"
+    )
+    parser.add_argument("--random-images", type=int, default=4, help="seeded random images (default: 4)")
+    parser.add_argument("--json", metavar="FILE", help="write the rows as JSON")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from fcnx.export.onnx_export import card_for
+    from fcnx.export.parity import format_rows
+    from fcnx.export.parity_check import check_against_keras
+    from fcnx.runtime.atomic import atomic_write_text
+    from fcnx.train.evaluate import find_card, load_keras_model
+
+    model = load_keras_model(args.model)
+    card = card_for(model, find_card(args.model))
+    rows = check_against_keras(model, args.artifacts, card, data=args.data, random_images=args.random_images)
+    print(format_rows(rows))
+    if args.json:
+        atomic_write_text(args.json, json.dumps([r.to_dict() for r in rows], indent=2) + "\n")
+    return 0 if all(r.passed for r in rows) else 1

@@ -1,0 +1,194 @@
+"""``fcnx export engine``: an fcnx ONNX file -> a TensorRT plan + its sidecar.
+
+Written to the documented TensorRT 10/11 Python API and kept thin: everything that
+can be decided without TensorRT (the card, the precision, the profile, the input
+shape, the output path, the sidecar) is plain Python, tested on the CPU. Precision
+is decided in the ONNX (an FP16 ONNX, or a Q/DQ INT8 one), and the network is
+strongly typed: TensorRT 11 removed BuilderFlag.FP16/INT8, and 10.12+ supports this.
+
+TensorRT cannot be installed on fcnx's CI or development machines, so ``_build_plan``
+and ``gpu_identity`` have not been run by our tests; tests that need them are marked
+``tensorrt`` and skip with the reason.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fcnx.runtime.atomic import atomic_write_bytes
+from fcnx.runtime.card import ModelCard
+from fcnx.runtime.engine_sidecar import BatchProfile, EngineSidecar, write_sidecar
+
+from .onnx_export import ExportError, _check_writable, opt, sha256_file
+
+TENSORRT_MISSING = 'TensorRT is not installed: pip install "fcnx[tensorrt]" on a machine with an NVIDIA GPU'
+
+
+class TensorRTUnavailable(ExportError):
+    """No TensorRT or no GPU here (exit status 2)."""
+
+
+@dataclass(frozen=True)
+class EngineBuildConfig:
+    onnx: str = opt("", "an ONNX file exported by fcnx (FP32, FP16 or INT8)", cli=False)
+    out: str = opt("", "the engine file to write (its sidecar is OUT.json)", cli=False)
+    batch: str = opt("1:8:32", "batch optimization profile MIN:OPT:MAX")
+    workspace: float = opt(4.0, "builder workspace limit in GiB")
+    timing_cache: str | None = opt(
+        None, "timing cache file: loaded if present, saved after the build", metavar="FILE"
+    )
+    force: bool = opt(False, "overwrite an existing engine")
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """Everything the TensorRT call needs, decided and validated without TensorRT."""
+
+    onnx_path: Path
+    card: ModelCard
+    input_name: str
+    input_shape: tuple[int, int, int]  # H, W, C
+    batch: BatchProfile
+    precision: str
+    outputs: tuple[str, ...]
+
+    def shapes(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        h, w, c = self.input_shape
+        return ((self.batch.min, h, w, c), (self.batch.opt, h, w, c), (self.batch.max, h, w, c))
+
+
+def plan_build(config: EngineBuildConfig) -> BuildPlan:
+    """Read the ONNX's card and input, check the profile fits them."""
+    import onnx
+
+    from .onnx_graph import read_card
+
+    path = Path(config.onnx)
+    if not path.is_file():
+        raise ExportError(f"{path}: no such ONNX file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise ExportError(f"{path}: not a readable ONNX file: {str(exc)[:200]}") from None
+    card = read_card(model, str(path))
+    if card is None:
+        raise ExportError(f"{path}: has no fcnx model card; export it with fcnx export onnx")
+    try:
+        batch = BatchProfile.parse(config.batch)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
+    if config.workspace <= 0:
+        raise ExportError(f"workspace must be positive GiB, got {config.workspace}")
+    graph_input = model.graph.input[0]
+    dims = graph_input.type.tensor_type.shape.dim
+    values = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    if len(values) != 4:
+        raise ExportError(f"{path}: expected an NHWC image input, got rank {len(values)}")
+    n, h, w, c = values
+    if n is not None and not (batch.min == batch.opt == batch.max == n):
+        raise ExportError(
+            f"{path}: was exported with a fixed batch of {n}; use --batch {n} or export with --batch dynamic"
+        )
+    h = h or card.input_height
+    w = w or card.input_width
+    if h is None or w is None:
+        raise ExportError(
+            f"{path}: has a dynamic spatial size and its card gives none; export it with --size HxW for an engine"
+        )
+    return BuildPlan(
+        onnx_path=path,
+        card=card,
+        input_name=graph_input.name,
+        input_shape=(h, w, c or card.input_channels),
+        batch=batch,
+        precision=card.precision,
+        outputs=tuple(o.name for o in model.graph.output),
+    )
+
+
+def import_tensorrt() -> Any:
+    try:
+        import tensorrt
+    except ModuleNotFoundError:
+        raise TensorRTUnavailable(TENSORRT_MISSING) from None
+    return tensorrt
+
+
+def gpu_identity() -> tuple[str, str]:
+    """(GPU name, compute capability "major.minor") of device 0, via cuda-python."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ModuleNotFoundError:
+        try:
+            from cuda import cudart  # cuda-python < 12.6
+        except ModuleNotFoundError:
+            raise TensorRTUnavailable(
+                'cuda-python is not installed: pip install "fcnx[tensorrt]" on a machine with an NVIDIA GPU'
+            ) from None
+    err, props = cudart.cudaGetDeviceProperties(0)
+    if int(err) != 0:
+        raise TensorRTUnavailable(f"no usable NVIDIA GPU (cudaGetDeviceProperties: error {int(err)})")
+    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
+    return name.strip("\x00 "), f"{props.major}.{props.minor}"
+
+
+def _build_plan(trt: Any, plan: BuildPlan, workspace_gib: float, timing_cache: Path | None) -> bytes:
+    """The TensorRT part: parse, profile, build. Returns the serialized plan."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    # Strongly typed: precision comes from the ONNX. Required for this on 10.12+,
+    # accepted and ignored on 11 (always strongly typed).
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(plan.onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ExportError(f"{plan.onnx_path}: TensorRT's ONNX parser failed: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    profile = builder.create_optimization_profile()
+    profile.set_shape(plan.input_name, *plan.shapes())
+    config.add_optimization_profile(profile)
+    cache_bytes = timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b""
+    cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(cache, False)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise ExportError(f"{plan.onnx_path}: TensorRT could not build an engine (see the log above)")
+    if timing_cache is not None:
+        atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
+    return bytes(serialized)
+
+
+def build_engine(config: EngineBuildConfig) -> dict[str, Any]:
+    out = Path(config.out)
+    _check_writable(out, config.force)
+    plan = plan_build(config)
+    trt = import_tensorrt()
+    gpu_name, capability = gpu_identity()
+    started = time.perf_counter()
+    serialized = _build_plan(
+        trt, plan, config.workspace, Path(config.timing_cache) if config.timing_cache else None
+    )
+    seconds = time.perf_counter() - started
+    atomic_write_bytes(out, serialized)
+    sidecar = EngineSidecar(
+        card=plan.card,
+        tensorrt_version=str(trt.__version__),
+        gpu_name=gpu_name,
+        compute_capability=capability,
+        input_name=plan.input_name,
+        input_shape=plan.input_shape,
+        batch=plan.batch,
+        precision=plan.precision,
+        onnx_sha256=sha256_file(plan.onnx_path),
+        onnx_file=str(plan.onnx_path),
+        build_seconds=round(seconds, 1),
+        built_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        outputs=plan.outputs,
+    )
+    write_sidecar(out, sidecar)
+    return {"path": str(out), "sidecar": str(out) + ".json", "seconds": seconds, "gpu": gpu_name}

@@ -1,0 +1,210 @@
+"""``fcnx export onnx``: a Keras model -> an ONNX file that computes the same thing.
+
+tf2onnx converts the Keras graph (uint8 NHWC ``image`` in, ``probs`` out); fcnx adds
+the in-graph ``mask`` output, optionally converts to FP16, embeds the model card,
+runs onnx's full checker, loads the result in onnxruntime and checks parity against
+the Keras model. Only a file that passes all of that is written (atomically).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fcnx.runtime.atomic import atomic_path
+from fcnx.runtime.card import ModelCard, default_palette, library_versions
+
+from .parity import ParityRow
+
+MIN_OPSET = 13  # Squeeze with an axes input and Softmax over the last axis
+MAX_OPSET = 18  # the newest opset tf2onnx 1.17 emits
+
+
+class ExportError(ValueError):
+    """An export that cannot be done; the message names the file and the problem."""
+
+
+class ParityError(ExportError):
+    """The exported model does not compute what Keras computes (over budget)."""
+
+    def __init__(self, message: str, rows: list[ParityRow]) -> None:
+        super().__init__(message)
+        self.rows = rows
+
+
+def opt(default: Any, help: str, **kwargs: Any) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclass(frozen=True)
+class OnnxExportConfig:
+    model: str = opt("", "a .keras file or a run folder", cli=False)
+    out: str = opt("", "the .onnx file to write", cli=False)
+    opset: int = opt(17, f"ONNX opset ({MIN_OPSET}..{MAX_OPSET})")
+    batch: str = opt("dynamic", "batch axis: 'dynamic' or a fixed size N")
+    size: str = opt("card", "spatial size: 'card' (the model card's), 'dynamic', or HxW like 512x512")
+    output: str = opt("both", "graph outputs", choices=("both", "probs", "mask"))
+    precision: str = opt("fp32", "fp32, or fp16 (FP16 compute, FP32 I/O kept)", choices=("fp32", "fp16"))
+    force: bool = opt(False, "overwrite an existing output file")
+    data: str | None = opt(
+        None, "folder of real images (image/ and optional label/) for the parity check", metavar="DIR"
+    )
+    parity_images: int = opt(4, "seeded random images in the parity check")
+
+    def __post_init__(self) -> None:
+        if not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise ExportError(
+                f"opset {self.opset} is not supported: this graph needs opset {MIN_OPSET} or newer "
+                f"(Squeeze with an axes input, Softmax over the last axis) and tf2onnx 1.17 emits up to {MAX_OPSET}"
+            )
+        if self.batch != "dynamic" and not (self.batch.isdigit() and int(self.batch) >= 1):
+            raise ExportError(f"batch must be 'dynamic' or a positive integer, got {self.batch!r}")
+        parse_size(self.size)
+
+
+def parse_size(size: str) -> tuple[int, int] | str:
+    if size in ("card", "dynamic"):
+        return size
+    parts = size.lower().split("x")
+    if len(parts) == 2 and all(p.isdigit() and int(p) > 0 for p in parts):
+        return int(parts[0]), int(parts[1])
+    raise ExportError(f"size must be 'card', 'dynamic' or HxW like 512x512, got {size!r}")
+
+
+def card_for(model: Any, card: ModelCard | None) -> ModelCard:
+    """The run's card, or one made from the model itself for a bare .keras file."""
+    if card is not None:
+        return card
+    channels = int(model.inputs[0].shape[-1])
+    classes = int(model.outputs[0].shape[-1])
+    kind = "sigmoid" if classes == 1 else "softmax"
+    n = 2 if classes == 1 else classes
+    return ModelCard(
+        architecture=model.name,
+        classes=tuple(f"class{k}" for k in range(n)),
+        palette=default_palette(n),
+        input_channels=channels,
+        output_kind=kind,
+    )
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_writable(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise ExportError(f"{out}: already exists; pass --force to overwrite it")
+    if out.exists() and out.is_dir():
+        raise ExportError(f"{out}: is a folder, not a file path")
+    parent = out.parent if str(out.parent) else Path(".")
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ExportError(f"{probe}: is a file, not a folder")
+    if not _writable(probe):
+        raise ExportError(f"{probe}: output folder is not writable")
+
+
+def _writable(folder: Path) -> bool:
+    import os
+
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def convert(model: Any, card: ModelCard, config: OnnxExportConfig) -> Any:
+    """tf2onnx conversion of the Keras model with fcnx's edits; returns the ModelProto."""
+    import tensorflow as tf
+    import tf2onnx
+
+    from .onnx_graph import add_mask_output, convert_to_fp16, select_outputs
+
+    size = parse_size(config.size)
+    if size == "card":
+        height, width = card.input_height, card.input_width
+    elif size == "dynamic":
+        height = width = None
+    else:
+        assert isinstance(size, tuple)
+        height, width = size
+    for side in (height, width):
+        if side is not None and side % card.input_multiple:
+            raise ExportError(f"size {height}x{width}: sides must be multiples of {card.input_multiple}")
+    batch = None if config.batch == "dynamic" else int(config.batch)
+    spec = (tf.TensorSpec((batch, height, width, card.input_channels), tf.uint8, name="image"),)
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=config.opset)
+    if [o.name for o in proto.graph.output] != ["probs"]:
+        # tf2onnx names outputs after the Keras output layer; fcnx models call it "probs".
+        proto.graph.output[0].name = "probs"
+        for node in proto.graph.node:
+            node.output[:] = ["probs" if o == model.outputs[0].name else o for o in node.output]
+    if config.precision == "fp16":
+        proto = convert_to_fp16(proto)
+    add_mask_output(proto, card.output_kind)
+    select_outputs(proto, config.output)
+    proto.producer_name = "fcnx"
+    return proto
+
+
+def export_onnx(config: OnnxExportConfig) -> dict[str, Any]:
+    """Export, check, prove parity, then write. Returns a summary with the parity rows."""
+    import onnx
+
+    from fcnx.train.evaluate import find_card, load_keras_model, resolve_model_path
+
+    from .onnx_graph import set_card
+    from .parity_check import check_against_keras
+
+    out = Path(config.out)
+    _check_writable(out, config.force)
+    source = resolve_model_path(config.model)
+    model = load_keras_model(source)
+    card = card_for(model, find_card(source))
+
+    started = time.perf_counter()
+    proto = convert(model, card, config)
+    card = card.replace(
+        precision=config.precision,
+        export={
+            "format": "onnx",
+            "opset": config.opset,
+            "batch": config.batch,
+            "outputs": [o.name for o in proto.graph.output],
+            "keras_sha256": sha256_file(source),
+            "keras_file": source.name,
+        },
+        versions={
+            **card.versions,
+            **library_versions("fcnx", "tf2onnx", "onnx", "onnxconverter-common", "onnxruntime"),
+        },
+    )
+    set_card(proto, card)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:
+        raise ExportError(f"{out}: the converted graph fails onnx's checker: {exc}") from None
+    convert_seconds = time.perf_counter() - started
+
+    with atomic_path(out, suffix=".onnx") as tmp:
+        onnx.save_model(proto, str(tmp))
+        rows = check_against_keras(model, [tmp], card, data=config.data, random_images=config.parity_images)
+        over = [r for r in rows if not r.passed]
+        if over:
+            raise ParityError(f"{out}: not written, parity over budget: {'; '.join(over[0].failures)}", rows)
+    return {
+        "path": str(out),
+        "precision": config.precision,
+        "outputs": card.export["outputs"],
+        "convert_seconds": round(convert_seconds, 2),
+        "bytes": out.stat().st_size,
+        "parity": rows,
+    }

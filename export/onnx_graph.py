@@ -1,0 +1,91 @@
+"""Edits fcnx makes to a converted ONNX graph: the in-graph mask output, the chosen
+outputs, FP16 weights and the model card in ``metadata_props``."""
+
+from __future__ import annotations
+
+import warnings
+
+import onnx
+from onnx import TensorProto, helper
+
+from fcnx.runtime.card import ModelCard
+from fcnx.runtime.ort_backend import CARD_KEY
+
+OUTPUT_CHOICES = ("both", "probs", "mask")
+
+
+def add_mask_output(model: onnx.ModelProto, output_kind: str) -> None:
+    """Append ``mask`` (uint8 (N, H, W) class ids) computed from ``probs`` inside the
+    graph: ArgMax over classes for softmax, probs > 0.5 for a sigmoid head. A deployed
+    model then returns 1 byte per pixel."""
+    graph = model.graph
+    probs = graph.output[0]
+    if probs.name != "probs":
+        raise ValueError(f"expected the converted graph's output to be 'probs', got {probs.name!r}")
+    dims = probs.type.tensor_type.shape.dim
+    shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims[:3]]
+    if output_kind == "sigmoid":
+        half = helper.make_tensor("fcnx_half", TensorProto.FLOAT, [], [0.5])
+        axes = helper.make_tensor("fcnx_class_axis", TensorProto.INT64, [1], [3])
+        graph.initializer.extend([half, axes])
+        graph.node.extend(
+            [
+                helper.make_node(
+                    "Greater", ["probs", "fcnx_half"], ["fcnx_foreground"], name="fcnx_threshold"
+                ),
+                helper.make_node(
+                    "Squeeze", ["fcnx_foreground", "fcnx_class_axis"], ["fcnx_ids"], name="fcnx_squeeze"
+                ),
+            ]
+        )
+    else:
+        graph.node.append(
+            helper.make_node("ArgMax", ["probs"], ["fcnx_ids"], name="fcnx_argmax", axis=3, keepdims=0)
+        )
+    graph.node.append(
+        helper.make_node("Cast", ["fcnx_ids"], ["mask"], name="fcnx_mask_uint8", to=TensorProto.UINT8)
+    )
+    graph.output.append(helper.make_tensor_value_info("mask", TensorProto.UINT8, shape))
+
+
+def select_outputs(model: onnx.ModelProto, output: str) -> None:
+    """Keep ``probs``, ``mask`` or both as graph outputs (the others stay internal)."""
+    if output not in OUTPUT_CHOICES:
+        raise ValueError(f"output must be one of {OUTPUT_CHOICES}, got {output!r}")
+    keep = ("probs", "mask") if output == "both" else (output,)
+    chosen = [o for o in model.graph.output if o.name in keep]
+    del model.graph.output[:]
+    model.graph.output.extend(chosen)
+
+
+def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """FP16 weights and compute, FP32/uint8 I/O kept (what TensorRT's strongly typed
+    builder wants). ``Cast`` stays FP32 because onnxconverter-common retypes a Cast's
+    output without changing its ``to`` attribute, which onnxruntime rejects."""
+    from onnxconverter_common import float16
+
+    with warnings.catch_warnings():
+        # One warning per weight below FP16's smallest normal (it is truncated): expected, not actionable.
+        warnings.filterwarnings("ignore", message="the float32 number", category=UserWarning)
+        return float16.convert_float_to_float16(
+            model,
+            keep_io_types=True,
+            op_block_list=[*float16.DEFAULT_OP_BLOCK_LIST, "Cast"],
+            disable_shape_infer=False,
+        )
+
+
+def set_card(model: onnx.ModelProto, card: ModelCard) -> None:
+    for prop in list(model.metadata_props):
+        if prop.key == CARD_KEY:
+            model.metadata_props.remove(prop)
+    entry = model.metadata_props.add()
+    entry.key = CARD_KEY
+    entry.value = card.to_json()
+
+
+def read_card(model: onnx.ModelProto, origin: str = "model") -> ModelCard | None:
+    for prop in model.metadata_props:
+        if prop.key == CARD_KEY:
+            return ModelCard.from_json(prop.value, origin=f"{origin} metadata")
+    return None

@@ -1,0 +1,154 @@
+"""Run a Keras model and exported artifacts on the same images and compare them
+(the engine behind ``fcnx parity`` and the check that ends every export)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from fcnx.runtime.card import ModelCard
+from fcnx.runtime.images import ImageError, list_images, read_image, read_label
+from fcnx.runtime.ort_backend import BackendError, OrtBackend
+
+from .parity import ParityAccumulator, ParityRow
+
+DEFAULT_SIZE = (256, 256)
+
+
+def parity_images(
+    card: ModelCard, size: tuple[int, int], data: str | Path | None, random_images: int, seed: int = 0
+) -> tuple[list[np.ndarray], list[np.ndarray | None], list[str]]:
+    """Seeded random images plus the real images of ``data/image`` (labels from
+    ``data/label`` when present, decoded with the card's label encoding), all at ``size``."""
+    h, w = size
+    rng = np.random.default_rng(seed)
+    images = [rng.integers(0, 256, (h, w, card.input_channels), np.uint8) for _ in range(random_images)]
+    truths: list[np.ndarray | None] = [None] * random_images
+    names = [f"random{i}" for i in range(random_images)]
+    if data is None:
+        return images, truths, names
+    folder = Path(data)
+    image_dir = folder / "image" if (folder / "image").is_dir() else folder
+    files = list_images(image_dir)
+    if not files:
+        raise ValueError(f"{image_dir}: no images for the parity check")
+    encoding = str(card.training.get("label_encoding", "index"))
+    for path in files:
+        image = read_image(path, card.input_channels)
+        if image.shape[:2] != (h, w):
+            image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)[..., : card.input_channels]
+            image = image.reshape(h, w, card.input_channels)
+        truth = None
+        label_path = (
+            next(iter(sorted((folder / "label").glob(path.stem + ".*"))), None)
+            if (folder / "label").is_dir()
+            else None
+        )
+        if label_path is not None:
+            try:
+                label = read_label(label_path)
+            except ImageError:
+                label = None
+            if label is not None and label.ndim == 2:
+                ids = (label == 255).astype(np.uint8) if encoding == "binary" else label
+                truth = (
+                    cv2.resize(ids, (w, h), interpolation=cv2.INTER_NEAREST) if ids.shape != (h, w) else ids
+                )
+        images.append(image)
+        truths.append(truth)
+        names.append(path.name)
+    return images, truths, names
+
+
+def _batches(n: int, size: int) -> list[range]:
+    return [range(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def keras_probs(model: Any, images: list[np.ndarray], batch_size: int = 4) -> np.ndarray:
+    out = [
+        np.asarray(model.predict_on_batch(np.stack([images[i] for i in idx])))
+        for idx in _batches(len(images), batch_size)
+    ]
+    return np.concatenate(out).astype(np.float32)
+
+
+def run_backend(backend: OrtBackend, images: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """All images through the backend, in batches it accepts (a fixed batch is padded)."""
+    size = backend.max_batch or 8
+    collected: dict[str, list[np.ndarray]] = {}
+    for idx in _batches(len(images), size):
+        batch = np.stack([images[i] for i in idx])
+        if backend.max_batch and len(batch) < backend.max_batch:
+            pad = np.repeat(batch[-1:], backend.max_batch - len(batch), axis=0)
+            batch = np.concatenate([batch, pad])
+        for name, value in backend.infer(batch).items():
+            collected.setdefault(name, []).append(value[: len(idx)])
+    return {name: np.concatenate(parts) for name, parts in collected.items()}
+
+
+def _eval_size(backend: OrtBackend, card: ModelCard) -> tuple[int, int]:
+    h, w = backend.input_shape[1], backend.input_shape[2]
+    if h is not None and w is not None:
+        return h, w
+    if card.input_height and card.input_width:
+        return card.input_height, card.input_width
+    return DEFAULT_SIZE
+
+
+def check_against_keras(
+    model: Any,
+    artifacts: list[str | Path],
+    card: ModelCard,
+    data: str | Path | None = None,
+    random_images: int = 4,
+    display_names: list[str] | None = None,
+) -> list[ParityRow]:
+    """One judged ParityRow per artifact. An artifact that cannot be loaded or run gets
+    a failing row saying why; the others are still compared."""
+    rows: list[ParityRow] = []
+    cache: dict[tuple[int, int], tuple[list[np.ndarray], list[np.ndarray | None], np.ndarray]] = {}
+    for i, artifact in enumerate(artifacts):
+        shown = display_names[i] if display_names else str(artifact)
+        try:
+            backend = OrtBackend(artifact) if str(artifact).endswith(".onnx") else None
+        except BackendError as exc:
+            rows.append(ParityRow(shown, "?", failures=[str(exc)]))
+            continue
+        if backend is None:
+            rows.append(
+                ParityRow(shown, "?", failures=["only .onnx artifacts can be compared on this machine"])
+            )
+            continue
+        size = _eval_size(backend, card)
+        if size not in cache:
+            images, truths, _ = parity_images(card, size, data, random_images)
+            cache[size] = (images, truths, keras_probs(model, images))
+        images, truths, reference = cache[size]
+        outputs = run_backend(backend, images)
+        probs = outputs.get("probs")
+        mask = outputs.get("mask")
+        if mask is None and probs is not None:
+            from .parity import masks_from_probs
+
+            mask = masks_from_probs(probs)
+        if mask is None:
+            rows.append(
+                ParityRow(
+                    shown, backend.card.precision, failures=["the artifact has no probs or mask output"]
+                )
+            )
+            continue
+        accumulator = ParityAccumulator(shown, backend.card.precision, card.num_classes)
+        for j, truth in enumerate(truths):
+            accumulator.add(
+                reference[j : j + 1],
+                mask[j : j + 1],
+                probs[j : j + 1] if probs is not None else None,
+                truth[None] if truth is not None else None,
+            )
+        rows.append(accumulator.result(card.classes))
+        backend.close()
+    return rows

@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from fcnx.runtime.card import ModelCard
+from fcnx.train.config import TrainConfig
+from fcnx.train.data import DataError
+from fcnx.train.evaluate import ModelFileError, evaluate, load_keras_model
+from fcnx.train.fit import train
+
+
+def _history(run: Path) -> list[dict[str, str]]:
+    with (run / "history.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_tiny_training_lowers_the_loss_and_writes_every_artifact(tiny_run: Path) -> None:
+    for name in ("best.keras", "last.keras", "history.csv", "config.json", "card.json"):
+        assert (tiny_run / name).is_file(), name
+    assert not (tiny_run / "backup").exists()  # removed once a run finishes
+    assert list((tiny_run / "logs").rglob("events.out.tfevents.*"))
+    assert not list(tiny_run.glob(".*partial*"))
+    rows = _history(tiny_run)
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    card = ModelCard.read(tiny_run / "card.json")
+    assert card.architecture == "fcn8s" and card.classes == ("background", "foreground")
+    assert (card.input_height, card.input_width, card.input_channels) == (64, 64, 1)
+    metrics = card.training["val_metrics"]
+    assert 0.0 <= metrics["miou"] <= 1.0 and metrics["images"] == 2
+    assert card.source["data_sha256"] and card.versions["tensorflow"]
+    config = TrainConfig.from_dict(json.loads((tiny_run / "config.json").read_text()))
+    assert config.model.arch == "fcn8s" and config.crop == 64
+
+
+def test_best_checkpoint_is_the_best_validation_miou(tiny_run: Path, synthetic_data: Path) -> None:
+    best = max(float(r["val_miou"]) for r in _history(tiny_run))
+    card = ModelCard.read(tiny_run / "card.json")
+    # Keras's streaming mIoU (float32 counts) and the numpy confusion matrix agree.
+    assert card.training["val_metrics"]["miou"] == pytest.approx(best, abs=1e-4)
+
+
+def test_saved_model_loads_in_a_clean_process_with_safe_mode(tiny_run: Path) -> None:
+    """No fcnx import needed: only standard Keras layers are in the file."""
+    code = (
+        "import keras, numpy as np, sys; "
+        f"m = keras.saving.load_model(r'{tiny_run / 'best.keras'}', safe_mode=True, compile=False); "
+        "print(m.predict_on_batch(np.zeros((1, 64, 64, 1), np.uint8)).shape)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "(1, 64, 64, 2)" in out.stdout
+
+
+def test_existing_run_folder_is_not_overwritten(tiny_run: Path, synthetic_data: Path) -> None:
+    with pytest.raises(DataError, match="not empty; pass --resume"):
+        train(TrainConfig(data=str(synthetic_data), out=str(tiny_run), crop=64))
+    with pytest.raises(DataError, match=r"nothing to resume \(it already finished"):
+        train(TrainConfig(data=str(synthetic_data), out=str(tiny_run), crop=64, resume=True))
+
+
+class _Crash(keras.callbacks.Callback):
+    """Stands in for a killed process: dies at the end of an epoch, after fcnx's
+    callbacks (backup, checkpoints, CSV) have run."""
+
+    def __init__(self, at_epoch: int) -> None:
+        super().__init__()
+        self.at_epoch = at_epoch
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if epoch == self.at_epoch:
+            raise KeyboardInterrupt
+
+
+def test_resume_continues_at_the_right_epoch(synthetic_data: Path, tmp_path: Path) -> None:
+    config = TrainConfig(
+        data=str(synthetic_data), out=str(tmp_path / "run"), epochs=4, steps_per_epoch=2, crop=32
+    )
+    with pytest.raises(KeyboardInterrupt):
+        train(config, verbose=0, callbacks=[_Crash(at_epoch=1)])
+    assert (tmp_path / "run" / "backup").is_dir()
+    assert [int(r["epoch"]) for r in _history(tmp_path / "run")] == [0, 1]
+
+    from dataclasses import replace
+
+    seen: list[int] = []
+    recorder = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: seen.append(epoch))
+    train(replace(config, resume=True), verbose=0, callbacks=[recorder])
+    assert seen == [2, 3]  # epochs 0 and 1 were not redone
+    assert [int(r["epoch"]) for r in _history(tmp_path / "run")] == [0, 1, 2, 3]
+    assert not (tmp_path / "run" / "backup").exists()
+    assert (tmp_path / "run" / "best.keras").is_file()
+
+
+def test_evaluate_reports_and_saves_masks(tiny_run: Path, synthetic_data: Path, tmp_path: Path) -> None:
+    report = evaluate(tiny_run, synthetic_data, save_masks=tmp_path / "masks")
+    assert report["images"] == 12 and report["pixels"] == 12 * 64 * 64
+    assert set(report["per_class_iou"]) == {"background", "foreground"}
+    masks = sorted((tmp_path / "masks").glob("*.png"))
+    assert len(masks) == 12
+    import cv2
+
+    mask = cv2.imread(str(masks[0]), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 255}  # encoded like the labels
+
+
+def test_lambda_layer_model_is_refused(tmp_path: Path) -> None:
+    inputs = keras.Input((8, 8, 1))
+    model = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs))
+    path = tmp_path / "lambda.keras"
+    model.save(path)
+    with pytest.raises(ModelFileError, match=r"lambda.keras: refused: it contains a Lambda layer"):
+        load_keras_model(path)
+
+
+def test_bad_model_files_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ModelFileError, match=r"missing.keras: no such model file"):
+        load_keras_model(tmp_path / "missing.keras")
+    junk = tmp_path / "junk.keras"
+    junk.write_bytes(b"not a zip")
+    with pytest.raises(ModelFileError, match=r"junk.keras: not a Keras .keras file"):
+        load_keras_model(junk)
+    empty_zip = tmp_path / "empty.keras"
+    with zipfile.ZipFile(empty_zip, "w"):
+        pass
+    with pytest.raises(ModelFileError, match=r"empty.keras: cannot load as a Keras model"):
+        load_keras_model(empty_zip)
