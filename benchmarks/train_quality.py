@@ -81,7 +81,7 @@ def to_markdown(result: dict) -> str:
         target = row["target_miou"]
         ok = "✅" if target is not None and row["val_miou"] >= target else "❌"
         lines.append(
-            f"| {row['arch'].upper().replace('FCN', 'FCN-')} | **{row['val_miou']:.3f}** | {iou[0]:.3f} | "
+            f"| {row['arch'].replace('fcn', 'FCN-')} | **{row['val_miou']:.3f}** | {iou[0]:.3f} | "
             f"{iou[1]:.3f} | {row['val_pixel_accuracy']:.3f} | ≥ {target} {ok} | {row['minutes']:.1f} min |"
         )
     return "\n".join(lines) + "\n"

@@ -46,7 +46,7 @@ class ModelConfig:
     bilinear_init: bool = opt(True, "initialize transposed convs to bilinear upsampling (the FCN paper)")
     linear_scores: bool = opt(True, "linear score layers (the write-up used ReLU)")
     fc_filters: int = opt(1024, "filters of the fc6/fc7 1x1 convolutions")
-    dropout: float = opt(0.5, "dropout after fc6 and fc7")
+    dropout: float = opt(0.1, "dropout after fc6 and fc7 (the write-up: 0.5)")
     norm_mean: float = opt(0.0, "in-graph normalization: (uint8 - mean) / std")
     norm_std: float = opt(255.0, "in-graph normalization: (uint8 - mean) / std")
 
@@ -138,7 +138,7 @@ class TrainConfig:
         None, "classes file: 'name' or 'name R G B' per line; default: detect 0/255 or ids", metavar="FILE"
     )
     channels: int | None = opt(None, "model input channels, 1 or 3; default: 3 if any image is colour")
-    epochs: int = opt(24, "epochs")
+    epochs: int = opt(36, "epochs")
     steps_per_epoch: int = opt(50, "batches per epoch (random crops, so an epoch is a step count)")
     batch_size: int = opt(4, "crops per batch")
     crop: int = opt(256, "random crop side, a multiple of 32; validation always uses whole images")

@@ -126,6 +126,8 @@ def test_unwritable_output_and_old_opset(tiny_run: Path, tmp_path: Path) -> None
     blocker.write_text("x")
     with pytest.raises(ExportError, match=r"a_file: is a file, not a folder"):
         export_onnx(OnnxExportConfig(model=str(tiny_run), out=str(blocker / "model.onnx")))
+    with pytest.raises(ExportError, match=r"/proc: output folder is not writable"):
+        export_onnx(OnnxExportConfig(model=str(tiny_run), out="/proc/fcnx-test/model.onnx"))
     with pytest.raises(ExportError, match=r"opset 11 is not supported: this graph needs opset 13"):
         OnnxExportConfig(model=str(tiny_run), out=str(tmp_path / "m.onnx"), opset=11)
     with pytest.raises(ExportError, match="batch must be"):

@@ -134,3 +134,13 @@ def test_bad_model_files_are_named(tmp_path: Path) -> None:
         pass
     with pytest.raises(ModelFileError, match=r"empty.keras: cannot load as a Keras model"):
         load_keras_model(empty_zip)
+
+
+def test_separate_validation_folder(synthetic_data: Path, tmp_path: Path) -> None:
+    from fcnx.train.fit import load_training_data
+    from fcnx.train.synthetic import write_synthetic_dataset
+
+    val_folder = write_synthetic_dataset(tmp_path / "val", count=3, size=64, seed=9)
+    train_set, val_set = load_training_data(TrainConfig(data=str(synthetic_data), out="unused", val=str(val_folder)))
+    assert len(train_set) == 12 and len(val_set) == 3
+    assert val_set.classes == train_set.classes
