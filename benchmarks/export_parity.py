@@ -19,7 +19,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from machine import describe_machine  # noqa: E402
+from report import write_report  # noqa: E402
 
 
 def main() -> int:
@@ -65,16 +65,7 @@ def main() -> int:
                 precision,
                 json.dumps({k: parity[k] for k in ("max_abs_prob", "mask_agreement", "miou_change")}),
             )
-    result_doc = {
-        "suite": "export_parity",
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": describe_machine(),
-        "rows": rows,
-    }
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "export_parity.json").write_text(json.dumps(result_doc, indent=2) + "\n")
-    (args.results / "export_parity.md").write_text(to_markdown(result_doc))
-    print(to_markdown(result_doc))
+    write_report(args.results, "export_parity", rows, to_markdown)
     return 0
 
 

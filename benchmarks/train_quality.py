@@ -21,7 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from machine import describe_machine  # noqa: E402
+from report import write_report  # noqa: E402
 
 TARGETS = {"fcn8s": 0.75, "fcn2s": 0.80}
 
@@ -99,16 +99,7 @@ def main() -> int:
     if not (args.data / "image").is_dir():
         raise SystemExit(f"{args.data}: membrane data not found (pass --data)")
     rows = [run_one(arch, args.data, args.runs, extra) for arch in args.archs.split(",")]
-    result = {
-        "suite": "train_quality",
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": describe_machine(),
-        "rows": rows,
-    }
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "train_quality.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.results / "train_quality.md").write_text(to_markdown(result))
-    print(to_markdown(result))
+    write_report(args.results, "train_quality", rows, to_markdown)
     return 0
 
 

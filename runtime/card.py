@@ -75,10 +75,7 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], origin: str = "card") -> ModelCard:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise CardError(f"{origin}: unknown card keys {unknown}")
+        reject_unknown_keys(cls, data, f"{origin}: unknown card keys")
         version = data.get("card_version", CARD_VERSION)
         if version > CARD_VERSION:
             raise CardError(
@@ -127,6 +124,13 @@ def _rgb(value: Any) -> tuple[int, int, int]:
     if len(colour) != 3 or not all(0 <= v <= 255 for v in colour):
         raise ValueError(f"a palette colour is 3 values in 0..255, got {list(value)}")
     return (colour[0], colour[1], colour[2])
+
+
+def reject_unknown_keys(cls: Any, data: dict[str, Any], message: str) -> None:
+    """Unknown keys are an error, never silently dropped (a typo or a newer writer)."""
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise CardError(f"{message} {unknown}")
 
 
 def library_versions(*distributions: str) -> dict[str, str]:

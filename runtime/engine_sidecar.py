@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write_text
-from .card import CardError, ModelCard
+from .card import CardError, ModelCard, reject_unknown_keys
 
 
 class EngineMismatch(RuntimeError):
@@ -76,10 +76,7 @@ class EngineSidecar:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], origin: str = "sidecar") -> EngineSidecar:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise CardError(f"{origin}: unknown sidecar keys {unknown}")
+        reject_unknown_keys(cls, data, f"{origin}: unknown sidecar keys")
         try:
             values = dict(data)
             values["card"] = ModelCard.from_dict(data["card"], origin)

@@ -141,6 +141,8 @@ def test_separate_validation_folder(synthetic_data: Path, tmp_path: Path) -> Non
     from fcnx.train.synthetic import write_synthetic_dataset
 
     val_folder = write_synthetic_dataset(tmp_path / "val", count=3, size=64, seed=9)
-    train_set, val_set = load_training_data(TrainConfig(data=str(synthetic_data), out="unused", val=str(val_folder)))
+    train_set, val_set = load_training_data(
+        TrainConfig(data=str(synthetic_data), out="unused", val=str(val_folder))
+    )
     assert len(train_set) == 12 and len(val_set) == 3
     assert val_set.classes == train_set.classes
