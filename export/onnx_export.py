@@ -201,7 +201,9 @@ def export_onnx(config: OnnxExportConfig) -> dict[str, Any]:
 
     with atomic_path(out, suffix=".onnx") as tmp:
         onnx.save_model(proto, str(tmp))
-        rows = check_against_keras(model, [tmp], card, data=config.data, random_images=config.parity_images)
+        rows = check_against_keras(
+            model, [tmp], card, data=config.data, random_images=config.parity_images, display_names=[str(out)]
+        )
         over = [r for r in rows if not r.passed]
         if over:
             raise ParityError(f"{out}: not written, parity over budget: {'; '.join(over[0].failures)}", rows)

@@ -174,8 +174,9 @@ def judge(row: ParityRow) -> list[str]:
 
 def format_rows(rows: list[ParityRow]) -> str:
     """The parity table for the terminal: one row per artifact, budget verdict last."""
+    width = max([8, *(len(r.artifact) for r in rows)])
     header = (
-        f"{'artifact':<28} {'prec':<5} {'imgs':>4} {'max|Δp|':>9} {'mean|Δp|':>9} "
+        f"{'artifact':<{width}} {'prec':<5} {'imgs':>4} {'max|Δp|':>9} {'mean|Δp|':>9} "
         f"{'mask agree':>10} {'edge agree':>10} {'mIoU/Keras':>10} {'ΔmIoU(GT)':>10}  verdict"
     )
     lines = [header, "-" * len(header)]
@@ -183,7 +184,7 @@ def format_rows(rows: list[ParityRow]) -> str:
         fmt_e = lambda v: f"{v:9.2e}" if v is not None else f"{'-':>9}"  # noqa: E731
         change = r.miou_change
         lines.append(
-            f"{r.artifact[-28:]:<28} {r.precision:<5} {r.images:>4} {fmt_e(r.max_abs_prob)} "
+            f"{r.artifact:<{width}} {r.precision:<5} {r.images:>4} {fmt_e(r.max_abs_prob)} "
             f"{fmt_e(r.mean_abs_prob)} {r.mask_agreement:>10.4%} {r.boundary_agreement:>10.4%} "
             f"{r.miou_vs_keras:>10.4f} {(f'{change * 100:+.3f} pt' if change is not None else '-'):>10}  "
             + ("ok" if r.passed else "OVER BUDGET: " + "; ".join(r.failures))

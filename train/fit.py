@@ -17,6 +17,7 @@ import csv
 import dataclasses
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,35 @@ def _prepare_run_dir(out: Path, resume: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def _saved_config(out: Path, given: TrainConfig) -> TrainConfig:
+    """A resumed run continues exactly as configured in its config.json; settings given
+    now that differ are ignored, and said so."""
+    saved = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
+    saved = dataclasses.replace(saved, resume=True, out=str(out))
+    old, new = _flat(saved.to_dict()), _flat(given.to_dict())
+    ignored = [
+        f"{key}={new[key]!r} (the run has {old[key]!r})"
+        for key in sorted(old)
+        if key in new and new[key] != old[key] and key not in ("resume", "in_channels", "num_classes")
+    ]
+    if ignored:
+        print(
+            f"--resume continues {out} as saved in its config.json; ignoring: " + ", ".join(ignored),
+            file=sys.stderr,
+        )
+    return saved
+
+
+def _flat(values: dict[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[key] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
 def load_training_data(config: TrainConfig) -> tuple[Samples, Samples]:
     classes = read_classes_file(config.classes) if config.classes else None
     samples = load_samples(config.data, config.channels, classes)
@@ -127,6 +157,8 @@ def train(
     are extra Keras callbacks, run after fcnx's own (backup, checkpoints, CSV, TensorBoard)."""
     out = Path(config.out)
     _prepare_run_dir(out, config.resume)
+    if config.resume:
+        config = _saved_config(out, config)
     train_set, val_set = load_training_data(config)
     model_config = dataclasses.replace(
         config.model, in_channels=train_set.images[0].shape[2], num_classes=train_set.classes.num_classes
@@ -166,6 +198,8 @@ def train(
         keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False, profile_batch=0),
         *(callbacks or []),
     ]
+    if verbose == "auto":  # a progress bar on a terminal, one line per epoch in a log
+        verbose = 1 if sys.stdout.isatty() else 2
     started = time.perf_counter()
     model.fit(
         training_dataset(train_set, config.crop, config.batch_size, config.augment, config.seed),

@@ -81,7 +81,9 @@ class _Crash(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
-def test_resume_continues_at_the_right_epoch(synthetic_data: Path, tmp_path: Path) -> None:
+def test_resume_continues_at_the_right_epoch(
+    synthetic_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = TrainConfig(
         data=str(synthetic_data), out=str(tmp_path / "run"), epochs=4, steps_per_epoch=2, crop=32
     )
@@ -94,8 +96,11 @@ def test_resume_continues_at_the_right_epoch(synthetic_data: Path, tmp_path: Pat
 
     seen: list[int] = []
     recorder = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: seen.append(epoch))
-    train(replace(config, resume=True), verbose=0, callbacks=[recorder])
+    forgetful = replace(config, resume=True, epochs=99, model=replace(config.model, arch="fcn2s"))
+    train(forgetful, verbose=0, callbacks=[recorder])  # the saved config wins: fcn8s, 4 epochs
     assert seen == [2, 3]  # epochs 0 and 1 were not redone
+    err = capsys.readouterr().err
+    assert "ignoring: arch='fcn2s' (the run has 'fcn8s'), epochs=99 (the run has 4)" in err
     assert [int(r["epoch"]) for r in _history(tmp_path / "run")] == [0, 1, 2, 3]
     assert not (tmp_path / "run" / "backup").exists()
     assert (tmp_path / "run" / "best.keras").is_file()
