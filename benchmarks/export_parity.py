@@ -86,7 +86,7 @@ def to_markdown(doc: dict) -> str:
         lines.append(
             f"| {row['arch'].replace('fcn', 'FCN-')} | {row['precision'].upper()} | {p['max_abs_prob']:.1e} | "
             f"{p['mean_abs_prob']:.1e} | {p['mask_agreement']:.4%} | {p['boundary_agreement']:.4%} | "
-            f"{change * 100:+.3f} pt | {'pass' if p['passed'] else 'FAIL'} | {row['mib']} MiB | "
+            f"{change * 100:+.4f} pt | {'pass' if p['passed'] else 'FAIL'} | {row['mib']} MiB | "
             f"{row['export_seconds']:.0f} s |"
         )
     return "\n".join(lines) + "\n"

@@ -1,5 +1,5 @@
 """fcnx demo [DIR]: the whole training side on the embedded synthetic dataset, in
-about two minutes on a laptop CPU: synth -> train briefly -> evaluate -> save masks."""
+about a minute on 2 CPU cores: synth -> train briefly -> evaluate -> save masks."""
 
 from __future__ import annotations
 
