@@ -95,11 +95,12 @@ def main() -> int:
     parser.add_argument("--archs", default="fcn8s,fcn2s")
     parser.add_argument("--runs", type=Path, default=HERE.parent / "runs" / "train_quality")
     parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser.add_argument("--tag", default="", help="suffix for the results file, to record a recipe variant")
     args, extra = parser.parse_known_args()
     if not (args.data / "image").is_dir():
         raise SystemExit(f"{args.data}: membrane data not found (pass --data)")
     rows = [run_one(arch, args.data, args.runs, extra) for arch in args.archs.split(",")]
-    write_report(args.results, "train_quality", rows, to_markdown)
+    write_report(args.results, "train_quality" + (f"_{args.tag}" if args.tag else ""), rows, to_markdown)
     return 0
 
 
