@@ -73,20 +73,24 @@ def predict_masks(
     """Class-id masks (H, W) uint8 at each image's own size: mirror-pad to the stride,
     batch consecutive images of equal size, predict in inference mode, crop back."""
     masks: list[np.ndarray] = []
-    i = 0
-    while i < len(images):
-        shape = pad_to_multiple(images[i], multiple).shape
-        batch: list[tuple[np.ndarray, tuple[int, int]]] = []
-        while i < len(images) and len(batch) < batch_size:
-            padded = pad_to_multiple(images[i], multiple)
-            if padded.shape != shape:
-                break
-            batch.append((padded, images[i].shape[:2]))
-            i += 1
-        probs = np.asarray(model.predict_on_batch(np.stack([b[0] for b in batch])))
+    batch: list[np.ndarray] = []
+    sizes: list[tuple[int, int]] = []
+
+    def flush() -> None:
+        probs = np.asarray(model.predict_on_batch(np.stack(batch)))
         ids = (probs[..., 0] > 0.5) if head == "sigmoid" else probs.argmax(axis=-1)
-        for mask, (h, w) in zip(ids.astype(np.uint8), (b[1] for b in batch)):
-            masks.append(mask[:h, :w])
+        masks.extend(mask[:h, :w] for mask, (h, w) in zip(ids.astype(np.uint8), sizes))
+        batch.clear()
+        sizes.clear()
+
+    for image in images:
+        padded = pad_to_multiple(image, multiple)
+        if batch and (padded.shape != batch[0].shape or len(batch) == batch_size):
+            flush()
+        batch.append(padded)
+        sizes.append(image.shape[:2])
+    if batch:
+        flush()
     return masks
 
 

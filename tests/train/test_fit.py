@@ -151,3 +151,18 @@ def test_separate_validation_folder(synthetic_data: Path, tmp_path: Path) -> Non
     )
     assert len(train_set) == 12 and len(val_set) == 3
     assert val_set.classes == train_set.classes
+
+
+def test_predict_masks_batches_mixed_sizes_and_crops_back(tiny_run: Path) -> None:
+    from fcnx.train.evaluate import predict_masks
+
+    model = load_keras_model(tiny_run)
+    rng = np.random.default_rng(0)
+    images = [
+        rng.integers(0, 256, shape, np.uint8)
+        for shape in [(64, 64, 1), (64, 64, 1), (50, 70, 1), (64, 64, 1)]
+    ]
+    masks = predict_masks(model, images, "softmax", batch_size=2)
+    assert [m.shape for m in masks] == [(64, 64), (64, 64), (50, 70), (64, 64)]
+    alone = predict_masks(model, [images[2]], "softmax")[0]
+    assert np.array_equal(masks[2], alone)  # batching does not change a result
