@@ -21,8 +21,9 @@ from typing import Any
 from fcnx.runtime.atomic import atomic_write_bytes
 from fcnx.runtime.card import ModelCard
 from fcnx.runtime.engine_sidecar import BatchProfile, EngineSidecar, write_sidecar
+from fcnx.runtime.flags import opt
 
-from .onnx_export import ExportError, _check_writable, opt, sha256_file
+from .onnx_export import ExportError, check_output_path, sha256_file
 
 TENSORRT_MISSING = 'TensorRT is not installed: pip install "fcnx[tensorrt]" on a machine with an NVIDIA GPU'
 
@@ -165,7 +166,7 @@ def _build_plan(trt: Any, plan: BuildPlan, workspace_gib: float, timing_cache: P
 
 def build_engine(config: EngineBuildConfig) -> dict[str, Any]:
     out = Path(config.out)
-    _check_writable(out, config.force)
+    check_output_path(out, config.force)
     plan = plan_build(config)
     trt = import_tensorrt()
     gpu_name, capability = gpu_identity()

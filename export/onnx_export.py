@@ -8,7 +8,6 @@ the Keras model. Only a file that passes all of that is written (atomically).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import time
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any
 
 from fcnx.runtime.atomic import atomic_path
 from fcnx.runtime.card import ModelCard, default_palette, library_versions
+from fcnx.runtime.flags import opt
 
 from .parity import ParityRow
 
@@ -34,10 +34,6 @@ class ParityError(ExportError):
     def __init__(self, message: str, rows: list[ParityRow]) -> None:
         super().__init__(message)
         self.rows = rows
-
-
-def opt(default: Any, help: str, **kwargs: Any) -> Any:
-    return dataclasses.field(default=default, metadata={"help": help, **kwargs})
 
 
 @dataclass(frozen=True)
@@ -100,7 +96,8 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _check_writable(out: Path, force: bool) -> None:
+def check_output_path(out: Path, force: bool) -> None:
+    """Fail before any work when OUT exists (without --force) or its folder cannot be written."""
     if out.exists() and not force:
         raise ExportError(f"{out}: already exists; pass --force to overwrite it")
     if out.exists() and out.is_dir():
@@ -147,11 +144,14 @@ def convert(model: Any, card: ModelCard, config: OnnxExportConfig) -> Any:
     batch = None if config.batch == "dynamic" else int(config.batch)
     spec = (tf.TensorSpec((batch, height, width, card.input_channels), tf.uint8, name="image"),)
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=config.opset)
-    if [o.name for o in proto.graph.output] != ["probs"]:
-        # tf2onnx names outputs after the Keras output layer; fcnx models call it "probs".
+    old = proto.graph.output[0].name
+    if old != "probs":
+        # tf2onnx names the output after the Keras output layer: fcnx models call it "probs",
+        # a bare .keras file from elsewhere may not. Rename the tensor where it is produced and used.
         proto.graph.output[0].name = "probs"
         for node in proto.graph.node:
-            node.output[:] = ["probs" if o == model.outputs[0].name else o for o in node.output]
+            node.output[:] = ["probs" if o == old else o for o in node.output]
+            node.input[:] = ["probs" if i == old else i for i in node.input]
     if config.precision == "fp16":
         proto = convert_to_fp16(proto)
     add_mask_output(proto, card.output_kind)
@@ -170,7 +170,7 @@ def export_onnx(config: OnnxExportConfig) -> dict[str, Any]:
     from .parity_check import check_against_keras
 
     out = Path(config.out)
-    _check_writable(out, config.force)
+    check_output_path(out, config.force)
     source = resolve_model_path(config.model)
     model = load_keras_model(source)
     card = card_for(model, find_card(source))

@@ -10,10 +10,11 @@ import cv2
 import numpy as np
 
 from fcnx.runtime.card import ModelCard
-from fcnx.runtime.images import ImageError, list_images, read_image, read_label
+from fcnx.runtime.images import list_images, read_image, read_label
 from fcnx.runtime.ort_backend import BackendError, OrtBackend
+from fcnx.train.evaluate import class_spec_from_card
 
-from .parity import ParityAccumulator, ParityRow
+from .parity import ParityAccumulator, ParityRow, masks_from_probs
 
 DEFAULT_SIZE = (256, 256)
 
@@ -35,7 +36,7 @@ def parity_images(
     files = list_images(image_dir)
     if not files:
         raise ValueError(f"{image_dir}: no images for the parity check")
-    encoding = str(card.training.get("label_encoding", "index"))
+    classes = class_spec_from_card(card)
     for path in files:
         image = read_image(path, card.input_channels)
         if image.shape[:2] != (h, w):
@@ -48,15 +49,8 @@ def parity_images(
             else None
         )
         if label_path is not None:
-            try:
-                label = read_label(label_path)
-            except ImageError:
-                label = None
-            if label is not None and label.ndim == 2:
-                ids = (label == 255).astype(np.uint8) if encoding == "binary" else label
-                truth = (
-                    cv2.resize(ids, (w, h), interpolation=cv2.INTER_NEAREST) if ids.shape != (h, w) else ids
-                )
+            ids = classes.decode(read_label(label_path), label_path)
+            truth = cv2.resize(ids, (w, h), interpolation=cv2.INTER_NEAREST) if ids.shape != (h, w) else ids
         images.append(image)
         truths.append(truth)
         names.append(path.name)
@@ -131,8 +125,6 @@ def check_against_keras(
         probs = outputs.get("probs")
         mask = outputs.get("mask")
         if mask is None and probs is not None:
-            from .parity import masks_from_probs
-
             mask = masks_from_probs(probs)
         if mask is None:
             rows.append(

@@ -15,6 +15,12 @@ import typing
 from typing import Any
 
 
+def opt(default: Any, help: str, **kwargs: Any) -> Any:
+    """A dataclass field that is also a flag: ``opt(4, "crops per batch")``. Extra metadata:
+    ``choices``, ``metavar``, ``cli=False`` (set by the command, not a flag)."""
+    return dataclasses.field(default=default, metadata={"help": help, **kwargs})
+
+
 def _unwrap_optional(tp: Any) -> Any:
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]

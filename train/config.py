@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from fcnx.runtime.flags import opt
+
 ARCHS = ("fcn32s", "fcn16s", "fcn8s", "fcn4s", "fcn2s")
 WIDTHS = {
     "slim": (32, 64, 128, 256, 256),  # the original write-up
@@ -17,10 +19,6 @@ WIDTHS = {
 }
 CONVS_PER_BLOCK = (2, 2, 3, 3, 3)
 ENCODER_STRIDE = 32
-
-
-def opt(default: Any, help: str, **kwargs: Any) -> Any:
-    return field(default=default, metadata={"help": help, **kwargs})
 
 
 @dataclass(frozen=True)
