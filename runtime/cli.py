@@ -13,7 +13,7 @@ import importlib
 import os
 import sys
 
-from .ort_backend import BackendError
+from .backend import BackendError
 
 # name -> (module, extra that provides its libraries, one-line help)
 COMMANDS: dict[str, tuple[str, str | None, str]] = {
@@ -27,6 +27,12 @@ COMMANDS: dict[str, tuple[str, str | None, str]] = {
         "Keras -> ONNX (FP32/FP16, parity-checked) -> TensorRT engine",
     ),
     "parity": ("fcnx.export.commands.parity", "export", "compare exported artifacts with the Keras model"),
+    "predict": (
+        "fcnx.runtime.commands.predict",
+        None,
+        "segment folders of images: masks, overlays, resumable",
+    ),
+    "info": ("fcnx.runtime.commands.info", None, "a model's card, inputs/outputs, and where it can run here"),
 }
 
 HEAVY_LIBRARIES = {"tensorflow", "keras", "tensorboard", "tf2onnx", "onnx", "onnxconverter_common"}

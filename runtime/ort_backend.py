@@ -1,16 +1,28 @@
 """The onnxruntime backend: an ONNX file with its model card, on the CPU, CUDA or
 TensorRT execution provider. Reads the card through onnxruntime's model metadata,
 so it needs neither the onnx package nor TensorFlow.
+
+Per provider, the settings that matter for a conv net:
+
+- CPU: all graph optimizations, one intra-op thread per usable core, sequential
+  execution (this graph is a chain, inter-op parallelism only adds overhead).
+- CUDA: cuDNN exhaustive conv algorithm search with the max workspace, outputs bound
+  to the GPU through I/O binding so only the uint8 image goes up and the uint8 mask
+  comes down; optional CUDA graphs (fixed batch only).
+- TensorRT EP: engine and timing caches in a folder, one batch profile, FP16 on when
+  the ONNX is the FP16 export (the precision is decided in the ONNX).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .backend import BackendError, check_batch
 from .card import CardError, ModelCard
 
 CARD_KEY = "fcnx.card"
@@ -19,10 +31,21 @@ PROVIDERS = {
     "ort-cuda": "CUDAExecutionProvider",
     "ort-trt": "TensorrtExecutionProvider",
 }
+AUTO_ORDER = ("ort-trt", "ort-cuda", "ort-cpu")
+
+__all__ = ["AUTO_ORDER", "CARD_KEY", "PROVIDERS", "BackendError", "OrtBackend", "OrtOptions"]
 
 
-class BackendError(RuntimeError):
-    """A backend that cannot be created or run; the message says why and what to do."""
+@dataclass(frozen=True)
+class OrtOptions:
+    """Knobs a user may want to turn; the defaults are what fcnx measured best."""
+
+    threads: int | None = None  # CPU intra-op threads; None = usable cores
+    spin: bool = True  # CPU worker threads spin between runs (faster back-to-back runs)
+    cuda_graph: bool = False  # CUDA EP: capture the graph once (needs a fixed batch size)
+    trt_cache: str | None = None  # TensorRT EP engine + timing cache folder; None = next to the ONNX
+    trt_batch: tuple[int, int, int] = (1, 8, 32)  # TensorRT EP profile over the batch axis
+    device_id: int = 0
 
 
 def import_onnxruntime() -> Any:
@@ -35,63 +58,185 @@ def import_onnxruntime() -> Any:
     return onnxruntime
 
 
-def _usable_cores() -> int:
+def available_backends() -> list[str]:
+    """The ort-* backends this onnxruntime install offers, in auto order."""
+    try:
+        ort = import_onnxruntime()
+    except BackendError:
+        return []
+    have = set(ort.get_available_providers())
+    return [name for name in AUTO_ORDER if PROVIDERS[name] in have]
+
+
+def usable_cores() -> int:
     """Cores this process may run on (containers and taskset limit them below os.cpu_count)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _session_options(ort: Any, options: OrtOptions) -> Any:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = options.threads or usable_cores()
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3  # errors only; a provider falling back is reported by us
+    if not options.spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return so
+
+
+def _provider_options(
+    name: str, path: Path, card: ModelCard | None, input_name: str, options: OrtOptions
+) -> list[tuple[str, dict[str, str]]]:
+    """The provider list for one backend name, most specific first (CPU always last so
+    nodes a GPU provider declines still run)."""
+    cuda = {
+        "device_id": str(options.device_id),
+        "cudnn_conv_algo_search": "EXHAUSTIVE",
+        "cudnn_conv_use_max_workspace": "1",
+        "do_copy_in_default_stream": "1",
+    }
+    if options.cuda_graph:
+        cuda["enable_cuda_graph"] = "1"
+    providers: list[tuple[str, dict[str, str]]] = []
+    if name == "ort-trt":
+        cache = Path(options.trt_cache) if options.trt_cache else path.parent / ".trt-cache"
+        trt = {
+            "device_id": str(options.device_id),
+            "trt_engine_cache_enable": "1",
+            "trt_engine_cache_path": str(cache),
+            "trt_timing_cache_enable": "1",
+            "trt_timing_cache_path": str(cache),
+            "trt_fp16_enable": "1" if card is not None and card.precision == "fp16" else "0",
+        }
+        if card is not None:
+            h, w, c = card.input_height, card.input_width, card.input_channels
+            lo, opt, hi = options.trt_batch
+            trt["trt_profile_min_shapes"] = f"{input_name}:{lo}x{h}x{w}x{c}"
+            trt["trt_profile_opt_shapes"] = f"{input_name}:{opt}x{h}x{w}x{c}"
+            trt["trt_profile_max_shapes"] = f"{input_name}:{hi}x{h}x{w}x{c}"
+        providers.append(("TensorrtExecutionProvider", trt))
+    if name in ("ort-trt", "ort-cuda"):
+        providers.append(("CUDAExecutionProvider", cuda))
+    providers.append(("CPUExecutionProvider", {}))
+    return providers
+
+
+def _card_of(session: Any, path: Path) -> ModelCard:
+    meta = session.get_modelmeta().custom_metadata_map
+    if CARD_KEY not in meta:
+        raise BackendError(f"{path}: no fcnx model card in its metadata (not exported by fcnx export onnx)")
+    try:
+        return ModelCard.from_json(meta[CARD_KEY], origin=f"{path} metadata")
+    except CardError as exc:
+        raise BackendError(str(exc)) from None
+
+
+def _peek(ort: Any, path: Path) -> tuple[ModelCard, str]:
+    """Card and input name from a plain CPU session, before the TensorRT EP session that
+    needs them for its profile."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return _card_of(session, path), session.get_inputs()[0].name
 
 
 class OrtBackend:
     """``infer(uint8 batch (N, H, W, C)) -> {"probs": float32 (N, H, W, K), "mask": uint8 (N, H, W)}``
     (whichever outputs the file has)."""
 
-    def __init__(self, path: str | Path, name: str = "ort-cpu", threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, name: str = "ort-cpu", options: OrtOptions | None = None) -> None:
         if name not in PROVIDERS:
             raise BackendError(f"unknown onnxruntime backend {name!r}; one of {', '.join(PROVIDERS)}")
         ort = import_onnxruntime()
         self.path = Path(path)
+        self.options = options or OrtOptions()
         if not self.path.is_file():
             raise BackendError(f"{self.path}: no such ONNX file")
         provider = PROVIDERS[name]
-        if provider not in ort.get_available_providers():
+        available = ort.get_available_providers()
+        if provider not in available:
             raise BackendError(
                 f"{name} needs onnxruntime's {provider}, which this install does not have "
-                f"(available: {', '.join(ort.get_available_providers())})"
+                f"(available: {', '.join(available)})"
             )
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or _usable_cores()
         try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=[provider])
+            card, input_name = _peek(ort, self.path) if name == "ort-trt" else (None, "")
+            providers = _provider_options(name, self.path, card, input_name, self.options)
+            if name == "ort-trt":
+                Path(providers[0][1]["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
+            self.session = ort.InferenceSession(
+                str(self.path), _session_options(ort, self.options), providers=providers
+            )
+        except BackendError:
+            raise
         except Exception as exc:  # onnxruntime raises its own exception types
             raise BackendError(f"{self.path}: onnxruntime cannot load it: {str(exc).strip()[:300]}") from None
-        self.name = name
-        self.provider = self.session.get_providers()[0]
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if CARD_KEY not in meta:
+        actual = self.session.get_providers()[0]
+        if actual != provider:
+            # onnxruntime drops a provider it cannot initialise (no GPU, missing TensorRT
+            # libraries) and carries on with the next one: asked-for means asked-for.
             raise BackendError(
-                f"{self.path}: no fcnx model card in its metadata (not exported by fcnx export onnx)"
+                f"{name}: onnxruntime could not start {provider} on this machine and would have run on "
+                f"{actual} instead (check the GPU driver / CUDA / TensorRT libraries)"
             )
-        try:
-            self.card = ModelCard.from_json(meta[CARD_KEY], origin=f"{self.path} metadata")
-        except CardError as exc:
-            raise BackendError(str(exc)) from None
+        self.name = name
+        self.provider = actual
+        self.notes: list[str] = []  # what load(backend="auto") skipped before this one, and why
+        self.card = _card_of(self.session, self.path)
         inputs = self.session.get_inputs()
         self.input_name = inputs[0].name
         self.input_shape = tuple(d if isinstance(d, int) else None for d in inputs[0].shape)
         self.max_batch: int | None = self.input_shape[0]
+        self.fixed_batch = self.max_batch is not None
+        self.input_hw: tuple[int | None, int | None] = (self.input_shape[1], self.input_shape[2])
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self._on_gpu = name != "ort-cpu"
+        self._graph_binding: tuple[Any, Any, list[Any]] | None = None
+        if self.options.cuda_graph:
+            self._graph_binding = self._bind_for_cuda_graph(ort)
+
+    def _bind_for_cuda_graph(self, ort: Any) -> tuple[Any, Any, list[Any]]:
+        """CUDA graphs replay fixed device addresses: input and outputs live in GPU
+        buffers allocated once and bound once; each run only refills the input."""
+        if self.name != "ort-cuda":
+            raise BackendError("CUDA graphs are an ort-cuda option")
+        if None in self.input_shape:
+            raise BackendError(
+                f"{self.path}: CUDA graphs need fixed shapes; export with --batch N (this file's input is "
+                f"{self.input_shape})"
+            )
+        n, h, w, c = (int(d or 0) for d in self.input_shape)
+        device = ("cuda", self.options.device_id)
+        image = ort.OrtValue.ortvalue_from_numpy(np.zeros((n, h, w, c), np.uint8), *device)
+        outputs = []
+        binding = self.session.io_binding()
+        binding.bind_ortvalue_input(self.input_name, image)
+        for out in self.session.get_outputs():
+            dtype = np.uint8 if out.type == "tensor(uint8)" else np.float32
+            value = ort.OrtValue.ortvalue_from_shape_and_type(list(out.shape), dtype, *device)
+            binding.bind_ortvalue_output(out.name, value)
+            outputs.append(value)
+        return binding, image, outputs
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        if batch.dtype != np.uint8 or batch.ndim != 4:
-            raise ValueError(f"expected a uint8 batch (N, H, W, C), got {batch.dtype} {batch.shape}")
-        expected = self.input_shape
-        for axis, (want, have) in enumerate(zip(expected, batch.shape)):
-            if want is not None and want != have:
-                raise ValueError(
-                    f"{self.path}: input axis {axis} must be {want}, got {have} (batch shape {batch.shape})"
-                )
-        outputs = self.session.run(self.output_names, {self.input_name: batch})
-        return dict(zip(self.output_names, outputs))
+        check_batch(batch, self.card.input_channels, self.input_hw, str(self.path))
+        if self.max_batch is not None and batch.shape[0] != self.max_batch:
+            raise ValueError(f"{self.path}: batch size must be {self.max_batch}, got {batch.shape[0]}")
+        if self._graph_binding is not None:
+            binding, image, outputs = self._graph_binding
+            image.update_inplace(np.ascontiguousarray(batch))
+            self.session.run_with_iobinding(binding)
+            return {name: value.numpy() for name, value in zip(self.output_names, outputs)}
+        if not self._on_gpu:
+            outputs = self.session.run(self.output_names, {self.input_name: batch})
+            return dict(zip(self.output_names, outputs))
+        # I/O binding: the uint8 batch is copied up once, outputs are allocated on the GPU
+        # by onnxruntime and copied down once (1 byte per pixel for the mask).
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(self.input_name, np.ascontiguousarray(batch))
+        for name in self.output_names:
+            binding.bind_output(name, "cuda", self.options.device_id)
+        self.session.run_with_iobinding(binding)
+        return dict(zip(self.output_names, binding.copy_outputs_to_cpu()))
 
     def close(self) -> None:
         self.session = None

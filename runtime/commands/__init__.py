@@ -1,0 +1,1 @@
+"""The runtime's own subcommands: predict and info (no training libraries needed)."""

@@ -1,0 +1,174 @@
+"""fcnx info MODEL: what a model is (its card), what goes in and out, and where it can
+run on this machine (onnxruntime providers; for an engine, whether this TensorRT and
+GPU can load it). Reads files and metadata only; never needs TensorFlow."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
+    parser.add_argument("model", help="model.onnx, model.engine, a .keras file or a training run folder")
+    parser.add_argument("--json", action="store_true", help="print everything as JSON")
+    return parser
+
+
+def _card_summary(card: Any) -> dict[str, Any]:
+    metrics = card.training.get("val_metrics", {})
+    return {
+        "architecture": card.architecture,
+        "width": card.width,
+        "classes": list(card.classes),
+        "input": f"{card.input_height or 'any'}x{card.input_width or 'any'}x{card.input_channels} {card.input_dtype}",
+        "output_kind": card.output_kind,
+        "precision": card.precision,
+        "val_metrics": metrics,
+    }
+
+
+def _onnx_info(path: Path) -> dict[str, Any]:
+    from fcnx.runtime.ort_backend import OrtBackend, available_backends
+
+    backend = OrtBackend(path, "ort-cpu")
+    session = backend.session
+
+    def describe_tensor(t: Any) -> dict[str, Any]:
+        shape = [d if isinstance(d, int) else "N" for d in t.shape]  # dynamic axes: named by the exporter
+        return {"name": t.name, "shape": shape, "type": t.type.removeprefix("tensor(").rstrip(")")}
+
+    tensors = {
+        "inputs": [describe_tensor(t) for t in session.get_inputs()],
+        "outputs": [describe_tensor(t) for t in session.get_outputs()],
+    }
+    offered = available_backends()
+    info = {
+        "kind": "onnx",
+        "card": backend.card,
+        **tensors,
+        "runs_here_on": offered,
+        "auto_backend": offered[0] if offered else None,
+        "note": "auto takes the first of these that starts; fcnx predict reports the one that ran",
+    }
+    backend.close()
+    return info
+
+
+def _engine_info(path: Path) -> dict[str, Any]:
+    from fcnx.runtime.backend import BackendError
+    from fcnx.runtime.engine_sidecar import EngineMismatch, check_compatible, read_sidecar
+
+    sidecar = read_sidecar(path)
+    h, w, c = sidecar.input_shape
+    info: dict[str, Any] = {
+        "kind": "engine",
+        "card": sidecar.card,
+        "inputs": [{"name": sidecar.input_name, "shape": [f"{sidecar.batch}", h, w, c], "type": "uint8"}],
+        "outputs": [{"name": name} for name in sidecar.outputs],
+        "built_with": {
+            "tensorrt": sidecar.tensorrt_version,
+            "gpu": sidecar.gpu_name,
+            "compute_capability": sidecar.compute_capability,
+            "batch_profile": str(sidecar.batch),
+            "precision": sidecar.precision,
+            "onnx": sidecar.onnx_file,
+        },
+    }
+    try:
+        import tensorrt
+
+        from fcnx.runtime.gpu import gpu_identity
+
+        gpu, capability = gpu_identity()
+        warnings = check_compatible(sidecar, path, tensorrt.__version__, capability, gpu)
+        info["loads_here"] = True
+        info["compatibility"] = (
+            "; ".join(warnings) or f"loads on this {gpu} with TensorRT {tensorrt.__version__}"
+        )
+    except ModuleNotFoundError:
+        info["loads_here"] = False
+        info["compatibility"] = (
+            'TensorRT is not installed here (pip install "fcnx[tensorrt]" on an NVIDIA GPU box)'
+        )
+    except (EngineMismatch, BackendError) as exc:
+        info["loads_here"] = False
+        info["compatibility"] = str(exc)
+    return info
+
+
+def _keras_info(path: Path) -> dict[str, Any]:
+    from fcnx.runtime.card import ModelCard
+
+    card_path = (path if path.is_dir() else path.parent) / "card.json"
+    if not card_path.is_file():
+        raise ValueError(f"{card_path}: missing; fcnx info reads a Keras model's card from its run folder")
+    card = ModelCard.read(card_path)
+    h, w, c = card.input_height, card.input_width, card.input_channels
+    return {
+        "kind": "keras",
+        "card": card,
+        "inputs": [{"name": "image", "shape": ["N", h or "H", w or "W", c], "type": "uint8"}],
+        "outputs": [{"name": "probs", "shape": ["N", "H", "W", card.num_classes], "type": "float32"}],
+        "runs_here_on": ["keras"],
+        "note": 'needs the train extra: pip install "fcnx[train]"; export with fcnx export onnx to deploy',
+    }
+
+
+def describe(model: str | Path) -> dict[str, Any]:
+    from fcnx.runtime.load import model_kind
+
+    path = Path(model)
+    if not path.exists():
+        raise ValueError(f"{path}: no such model file or folder")
+    kind = model_kind(path)
+    info = {"onnx": _onnx_info, "engine": _engine_info, "keras": _keras_info}[kind](path)
+    card = info.pop("card")
+    if path.is_file():
+        info["file"] = {"path": str(path), "mib": round(path.stat().st_size / 2**20, 2)}
+    return {"model": str(path), "card": _card_summary(card), **info, "card_full": card.to_dict()}
+
+
+def format_info(info: dict[str, Any]) -> str:
+    card = info["card"]
+    lines = [f"{info['model']}  ({info['kind']})"]
+    if "file" in info:
+        lines[0] += f"  {info['file']['mib']} MiB"
+    lines += [
+        f"  model      {card['architecture']} ({card['width']}), {card['precision']}, {card['output_kind']} output",
+        f"  classes    {', '.join(card['classes'])}",
+        f"  input      {card['input']}",
+    ]
+    if card["val_metrics"]:
+        m = card["val_metrics"]
+        shown = [f"{k} {m[k]:.4f}" for k in ("miou", "pixel_accuracy", "mean_dice") if k in m]
+        lines.append(f"  val        {', '.join(shown)} on {m.get('images', '?')} images")
+    for role in ("inputs", "outputs"):
+        for t in info[role]:
+            shape = "x".join(str(d) for d in t.get("shape", [])) or "?"
+            lines.append(f"  {role[:-1]:<10} {t['name']}: {shape} {t.get('type', '')}".rstrip())
+    if "built_with" in info:
+        b = info["built_with"]
+        lines.append(
+            f"  built with TensorRT {b['tensorrt']} on {b['gpu']} (sm {b['compute_capability']}), "
+            f"batch {b['batch_profile']}, {b['precision']}"
+        )
+        lines.append(f"  here       {info['compatibility']}")
+    if "runs_here_on" in info:
+        lines.append(
+            f"  runs here  {', '.join(info['runs_here_on']) or 'nowhere: onnxruntime is not installed'}"
+        )
+    if info.get("note"):
+        lines.append(f"  note       {info['note']}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    info = describe(args.model)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        print(format_info(info))
+    return 0
