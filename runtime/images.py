@@ -6,12 +6,16 @@ wrong, so a caller can record it and move on to the next file.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
-MAX_PIXELS = 200_000_000  # decompression-bomb guard, checked on the decoded size
+MAX_PIXELS = 200_000_000  # decompression-bomb guard: checked on the header, then on the decoded size
+HEADER_BYTES = 1 << 16  # enough for PNG/TIFF/BMP headers and JPEG markers up to the frame header
+Image.MAX_IMAGE_PIXELS = None  # our own limit applies (Pillow only reads headers here)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -24,6 +28,18 @@ class ImageError(ValueError):
         self.reason = reason
 
 
+def _header_size(data: np.ndarray) -> tuple[int, int] | None:
+    """(width, height) from the file header without decoding pixels (Pillow reads headers
+    lazily); None when Pillow does not know the format (OpenCV may still)."""
+    for head in (data[:HEADER_BYTES], data) if data.size > HEADER_BYTES else (data,):
+        try:
+            with Image.open(io.BytesIO(head.tobytes())) as im:
+                return int(im.size[0]), int(im.size[1])
+        except Exception:  # not identifiable (from this prefix): try the whole file, then OpenCV decides
+            continue
+    return None
+
+
 def _decode(path: Path, flags: int) -> np.ndarray:
     try:
         data = np.fromfile(path, dtype=np.uint8)
@@ -31,6 +47,10 @@ def _decode(path: Path, flags: int) -> np.ndarray:
         raise ImageError(path, f"cannot read file ({exc.strerror or exc})") from None
     if data.size == 0:
         raise ImageError(path, "empty file (0 bytes)")
+    header = _header_size(data)
+    if header is not None and header[0] * header[1] > MAX_PIXELS:
+        # checked before decoding: a decompression bomb is a few KB that decode to gigabytes
+        raise ImageError(path, f"{header[0]}x{header[1]} pixels is over the limit of {MAX_PIXELS}")
     image = cv2.imdecode(data, flags)
     if image is None:
         raise ImageError(path, "not a decodable image (truncated, corrupt or not an image)")

@@ -83,3 +83,28 @@ def tiny_run(synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     config = TrainConfig(data=str(synthetic_data), out=str(out), epochs=4, steps_per_epoch=8, crop=64, seed=0)
     train(config, verbose=0)
     return out
+
+
+def _export(run: Path, out: Path, **options: str) -> Path:
+    from fcnx.export.onnx_export import OnnxExportConfig, export_onnx
+
+    export_onnx(OnnxExportConfig(model=str(run), out=str(out), **options))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_run: Path, synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny run exported once: FP32, dynamic batch, 64x64 (the card's size), probs and mask."""
+    return _export(tiny_run, tmp_path_factory.mktemp("onnx") / "model.onnx", data=str(synthetic_data))
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_fixed(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Fixed batch of 3, mask output only: what a fixed-shape deployment looks like."""
+    return _export(tiny_run, tmp_path_factory.mktemp("onnx") / "fixed.onnx", batch="3", output="mask")
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_dynamic(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Any spatial size (multiples of 32): images run at their own resolution."""
+    return _export(tiny_run, tmp_path_factory.mktemp("onnx") / "dynamic.onnx", size="dynamic")

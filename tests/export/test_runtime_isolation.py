@@ -1,6 +1,6 @@
 """The runtime is what a deploy box installs: it must never import TensorFlow, Keras,
 tf2onnx or onnx. Checked in a fresh interpreter that imports every runtime module and
-runs a real inference on an exported model."""
+runs a full `fcnx predict` (decode -> infer -> write) on an exported model."""
 
 from __future__ import annotations
 
@@ -9,26 +9,39 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
+
 import fcnx.runtime
+import fcnx.runtime.commands
 
-FORBIDDEN = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxconverter_common")
+FORBIDDEN = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxconverter_common", "fcnx.export", "fcnx.train")
 
 
-def test_runtime_modules_and_inference_import_no_training_libraries(tiny_onnx: Path) -> None:
+def test_runtime_modules_and_a_full_prediction_import_no_training_libraries(
+    tiny_onnx: Path, tmp_path: Path
+) -> None:
     modules = [m.name for m in pkgutil.iter_modules(fcnx.runtime.__path__, "fcnx.runtime.")]
-    assert "fcnx.runtime.ort_backend" in modules and "fcnx.runtime.cli" in modules
+    modules += [
+        m.name for m in pkgutil.iter_modules(fcnx.runtime.commands.__path__, "fcnx.runtime.commands.")
+    ]
+    assert {"fcnx.runtime.pipeline", "fcnx.runtime.segmenter", "fcnx.runtime.commands.predict"} <= set(
+        modules
+    )
+    (tmp_path / "in").mkdir()
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / "in" / f"{i}.png"), np.full((64, 80), 40 * i, np.uint8))
     code = f"""
 import importlib, sys
-import numpy as np
 for name in {modules!r}:
     importlib.import_module(name)
-from fcnx.runtime.ort_backend import OrtBackend
-backend = OrtBackend({str(tiny_onnx)!r})
-out = backend.infer(np.zeros((2, 64, 64, 1), np.uint8))
-assert out["mask"].shape == (2, 64, 64), out["mask"].shape
-loaded = sorted(m for m in sys.modules if m.split(".")[0] in {FORBIDDEN!r})
+from fcnx.runtime.cli import main
+code = main(["predict", {str(tiny_onnx)!r}, {str(tmp_path / "in")!r}, "-o", {str(tmp_path / "out")!r}, "--no-progress"])
+assert code == 0, code
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in {FORBIDDEN!r} or m.startswith(("fcnx.export", "fcnx.train")))
 print("LOADED:", loaded)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "LOADED: []" in out.stdout, out.stdout
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["0.png", "1.png", "2.png"]
