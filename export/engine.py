@@ -18,14 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fcnx.runtime import gpu
 from fcnx.runtime.atomic import atomic_write_bytes
 from fcnx.runtime.card import ModelCard
 from fcnx.runtime.engine_sidecar import BatchProfile, EngineSidecar, write_sidecar
 from fcnx.runtime.flags import opt
 
 from .onnx_export import ExportError, check_output_path, sha256_file
-
-TENSORRT_MISSING = 'TensorRT is not installed: pip install "fcnx[tensorrt]" on a machine with an NVIDIA GPU'
 
 
 class TensorRTUnavailable(ExportError):
@@ -112,28 +111,17 @@ def plan_build(config: EngineBuildConfig) -> BuildPlan:
 
 def import_tensorrt() -> Any:
     try:
-        import tensorrt
-    except ModuleNotFoundError:
-        raise TensorRTUnavailable(TENSORRT_MISSING) from None
-    return tensorrt
+        return gpu.import_tensorrt()
+    except gpu.GpuUnavailable as exc:
+        raise TensorRTUnavailable(str(exc)) from None
 
 
 def gpu_identity() -> tuple[str, str]:
-    """(GPU name, compute capability "major.minor") of device 0, via cuda-python."""
+    """(GPU name, compute capability "major.minor") of device 0 (fcnx.runtime.gpu)."""
     try:
-        from cuda.bindings import runtime as cudart
-    except ModuleNotFoundError:
-        try:
-            from cuda import cudart  # cuda-python < 12.6
-        except ModuleNotFoundError:
-            raise TensorRTUnavailable(
-                'cuda-python is not installed: pip install "fcnx[tensorrt]" on a machine with an NVIDIA GPU'
-            ) from None
-    err, props = cudart.cudaGetDeviceProperties(0)
-    if int(err) != 0:
-        raise TensorRTUnavailable(f"no usable NVIDIA GPU (cudaGetDeviceProperties: error {int(err)})")
-    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-    return name.strip("\x00 "), f"{props.major}.{props.minor}"
+        return gpu.gpu_identity()
+    except gpu.GpuUnavailable as exc:
+        raise TensorRTUnavailable(str(exc)) from None
 
 
 def _build_plan(trt: Any, plan: BuildPlan, workspace_gib: float, timing_cache: Path | None) -> bytes:

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write_text
+from .backend import BackendError
 from .card import CardError, ModelCard, reject_unknown_keys
 
 
-class EngineMismatch(RuntimeError):
+class EngineMismatch(BackendError):
     """The engine was built for another TensorRT version or GPU kind."""
 
 

@@ -24,7 +24,7 @@ def test_auto_picks_the_first_provider_that_runs_and_says_what_it_skipped(tiny_o
 def test_asking_for_an_unavailable_backend_is_an_error(tiny_onnx: Path) -> None:
     if "ort-cuda" in available_backends():
         pytest.skip("this machine has the CUDA provider")
-    with pytest.raises(BackendError, match="CUDAExecutionProvider.*not have"):
+    with pytest.raises(BackendError, match=r"CUDAExecutionProvider.*not have"):
         load(tiny_onnx, "ort-cuda")
     with pytest.raises(BackendError, match="runs on ort-trt / ort-cuda / ort-cpu, not trt"):
         load(tiny_onnx, "trt")
@@ -34,7 +34,7 @@ def test_asking_for_an_unavailable_backend_is_an_error(tiny_onnx: Path) -> None:
 
 def test_file_types(tmp_path: Path, tiny_run: Path) -> None:
     (tmp_path / "model.pt").write_bytes(b"x")
-    with pytest.raises(BackendError, match="unknown model file type '.pt'"):
+    with pytest.raises(BackendError, match=r"unknown model file type '\.pt'"):
         load(tmp_path / "model.pt")
     with pytest.raises(BackendError, match="no such model"):
         load(tmp_path / "gone.onnx")
@@ -43,5 +43,5 @@ def test_file_types(tmp_path: Path, tiny_run: Path) -> None:
     with pytest.raises(BackendError, match="a keras model runs on keras, not ort-cpu"):
         load(tiny_run, "ort-cpu")
     (tmp_path / "broken.onnx").write_bytes(b"not protobuf")
-    with pytest.raises(BackendError, match="broken.onnx: onnxruntime cannot load it"):
+    with pytest.raises(BackendError, match=r"broken\.onnx: onnxruntime cannot load it"):
         load(tmp_path / "broken.onnx")

@@ -39,7 +39,7 @@ def test_mixed_sizes_and_channel_counts_come_back_at_their_own_size(segmenter: S
 
 
 def test_a_result_does_not_depend_on_its_batch(segmenter: Segmenter) -> None:
-    images = _images(9, seed=2) + [np.random.default_rng(3).integers(0, 256, (40, 90), np.uint8)]
+    images = [*_images(9, seed=2), np.random.default_rng(3).integers(0, 256, (40, 90), np.uint8)]
     together = segmenter.predict(images)
     alone = [segmenter.predict([im])[0] for im in images]
     for a, b in zip(together, alone):

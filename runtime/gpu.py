@@ -1,0 +1,72 @@
+"""The NVIDIA libraries the runtime touches, imported lazily, and which GPU this is.
+
+TensorRT and cuda-python are optional (the ``tensorrt`` extra) and only work on a
+machine with an NVIDIA GPU. Both the engine builder (fcnx.export) and the TensorRT
+backend import them through here, so a missing library is always the same one-line
+error with the pip command, and the runtime never needs fcnx.export for it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .backend import BackendError
+
+INSTALL_HINT = 'pip install "fcnx[tensorrt]" on a machine with an NVIDIA GPU'
+TENSORRT_MISSING = f"TensorRT is not installed: {INSTALL_HINT}"
+CUDA_PYTHON_MISSING = f"cuda-python is not installed: {INSTALL_HINT}"
+
+
+class GpuUnavailable(BackendError):
+    """No TensorRT, no cuda-python or no usable NVIDIA GPU here."""
+
+
+def import_tensorrt() -> Any:
+    try:
+        import tensorrt
+    except ImportError:
+        raise GpuUnavailable(TENSORRT_MISSING) from None
+    return tensorrt
+
+
+def import_cudart() -> Any:
+    """cuda-python's CUDA runtime module: ``cuda.bindings.runtime`` (12.6+) or the older ``cuda.cudart``."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart  # cuda-python < 12.6
+        except ImportError:
+            raise GpuUnavailable(CUDA_PYTHON_MISSING) from None
+    return cudart
+
+
+def cuda_error_code(err: Any) -> int:
+    """The integer value of a cudaError_t (an enum member, or a plain int in stand-ins)."""
+    return int(getattr(err, "value", err))
+
+
+def cuda_error_name(err: Any) -> str:
+    return str(getattr(err, "name", f"error {cuda_error_code(err)}"))
+
+
+def check_cuda(result: Any, call: str) -> Any:
+    """Unpack a cuda-python call's ``(err, *values)``: raise on an error, else return
+    None, the one value, or the tuple of values."""
+    parts = result if isinstance(result, tuple) else (result,)
+    err, values = parts[0], parts[1:]
+    if cuda_error_code(err) != 0:
+        raise BackendError(f"{call} failed: {cuda_error_name(err)}")
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else values
+
+
+def gpu_identity(cudart: Any | None = None) -> tuple[str, str]:
+    """(GPU name, compute capability "major.minor") of device 0, via cuda-python."""
+    cudart = cudart if cudart is not None else import_cudart()
+    err, props = cudart.cudaGetDeviceProperties(0)
+    if cuda_error_code(err) != 0:
+        raise GpuUnavailable(f"no usable NVIDIA GPU (cudaGetDeviceProperties: {cuda_error_name(err)})")
+    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
+    return name.strip("\x00 "), f"{props.major}.{props.minor}"
