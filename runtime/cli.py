@@ -33,6 +33,11 @@ COMMANDS: dict[str, tuple[str, str | None, str]] = {
         "segment folders of images: masks, overlays, resumable",
     ),
     "info": ("fcnx.runtime.commands.info", None, "a model's card, inputs/outputs, and where it can run here"),
+    "bench": (
+        "fcnx.runtime.commands.bench",
+        None,
+        "latency/throughput of models x backends x batches, side by side",
+    ),
 }
 
 HEAVY_LIBRARIES = {"tensorflow", "keras", "tensorboard", "tf2onnx", "onnx", "onnxconverter_common"}

@@ -1,0 +1,377 @@
+"""``fcnx bench``: every model file on every backend that can load it, at every batch
+size, timed side by side in one run.
+
+For each batch size all contenders are timed round-robin (runtime/timing.py), so the
+"x Keras" column is a ratio measured in the same minutes on the same machine. The
+machine's ceiling (runtime/ceiling.py) is measured in the same run, so every row
+also says how close it gets to this machine's matmul peak. A backend that cannot
+load or fails gets a row saying why; the run goes on.
+
+``--pipeline`` times the whole ``fcnx predict`` path (read, decode, infer, encode,
+write) over a folder of PNGs against ``Segmenter.predict`` on the same images already
+decoded: the price of the file pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .backend import Backend, BackendError
+from .card import ModelCard, reject_unknown_keys
+from .flags import opt
+from .images import list_images, read_image
+from .load import load, model_kind
+from .segmenter import Segmenter
+from .timing import Timing, TimingConfig, time_side_by_side
+
+BACKEND_KINDS = {"keras": "keras", "ort-cpu": "onnx", "ort-cuda": "onnx", "ort-trt": "onnx", "trt": "engine"}
+GPU_BACKENDS = ("ort-cuda", "ort-trt", "trt")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    models: tuple[str, ...] = opt((), ".keras / run folders, .onnx (any precision), .engine", cli=False)
+    backends: str = opt("keras,ort-cpu", "comma-separated: keras, ort-cpu, ort-cuda, ort-trt, trt")
+    batch: str = opt("1,8", "comma-separated batch sizes")
+    data: str | None = opt(
+        None, "time real images from this folder (image/ inside, or images)", metavar="DIR"
+    )
+    pipeline: bool = opt(False, "also time the whole fcnx predict path (decode, infer, encode) vs raw")
+    out: str = opt("fcnx-bench", "folder for bench.json/.csv/.md and the plots", metavar="DIR")
+    min_seconds: float = opt(10.0, "timed seconds per row, at least")
+    max_seconds: float = opt(120.0, "stop waiting for stable timings after this long per row")
+    warmup: int = opt(3, "untimed calls before timing")
+    ceiling: bool = opt(True, "measure this machine's matmul peak in the same run")
+    plots: bool = opt(True, "write throughput.png and latency.png (needs matplotlib)")
+    seed: int = opt(0, "seed for the random images")
+
+    def batches(self) -> list[int]:
+        try:
+            values = [int(v) for v in self.batch.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(
+                f"--batch takes comma-separated integers like 1,8,32, got {self.batch!r}"
+            ) from None
+        if not values or min(values) < 1:
+            raise ValueError(f"--batch takes positive integers, got {self.batch!r}")
+        return values
+
+    def backend_names(self) -> list[str]:
+        names = [b.strip() for b in self.backends.split(",") if b.strip()]
+        unknown = [b for b in names if b not in BACKEND_KINDS]
+        if unknown or not names:
+            raise ValueError(
+                f"--backends: unknown {', '.join(unknown) or '(none)'}; from {', '.join(BACKEND_KINDS)}"
+            )
+        return names
+
+    def timing(self) -> TimingConfig:
+        return TimingConfig(warmup=self.warmup, min_seconds=self.min_seconds, max_seconds=self.max_seconds)
+
+
+@dataclass
+class BenchRow:
+    model: str
+    backend: str
+    batch: int
+    mode: str = "infer"  # infer: backend.infer on a ready batch; raw / pipeline: see --pipeline
+    status: str = "ok"  # ok | unavailable | failed | skipped
+    reason: str = ""
+    provider: str = ""
+    arch: str = ""
+    precision: str = ""
+    input: str = ""  # HxWxC timed
+    images_per_second: float | None = None
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    calls: int = 0
+    stable: bool | None = None
+    gflops_per_image: float | None = None
+    gflops_per_second: float | None = None
+    percent_of_peak: float | None = None
+    vs_keras: float | None = None  # images/s over the same-arch keras row at this batch
+    vs_raw: float | None = None  # pipeline rows: images/s over the raw row
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BenchRow:
+        reject_unknown_keys(cls, data, "bench row: unknown keys")
+        return cls(**data)
+
+
+@dataclass
+class Contender:
+    model: str
+    backend: Backend
+    card: ModelCard
+    images: dict[int, np.ndarray]  # batch size -> the batch it runs
+
+
+def _gflops(card: ModelCard) -> float | None:
+    value = card.export.get("gflops_per_image")
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _model_size(card: ModelCard, backend: Backend) -> tuple[int, int]:
+    h, w = backend.input_hw
+    if h is not None and w is not None:
+        return h, w
+    if card.input_height and card.input_width:
+        return card.input_height, card.input_width
+    return 512, 512
+
+
+def _data_images(folder: Path) -> list[Path]:
+    images = folder / "image" if (folder / "image").is_dir() else folder
+    found = list_images(images)
+    if not found:
+        raise ValueError(f"{images}: no images to benchmark with")
+    return found
+
+
+def _source_images(config: BenchConfig, channels: int, size: tuple[int, int], count: int) -> list[np.ndarray]:
+    """``count`` uint8 (H, W, C) images at the model's size: real ones (cycled) or seeded random."""
+    if config.data:
+        files = _data_images(Path(config.data))
+        decoded = [read_image(p, channels) for p in files]
+        out = []
+        for i in range(count):
+            image = decoded[i % len(decoded)]
+            resized = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+            out.append(resized.reshape(size[0], size[1], channels))
+        return out
+    rng = np.random.default_rng(config.seed)
+    return [rng.integers(0, 256, (*size, channels), dtype=np.uint8) for _ in range(count)]
+
+
+def _status_row(model: str, backend: str, batch: int, status: str, reason: str, **kw: Any) -> BenchRow:
+    return BenchRow(model=model, backend=backend, batch=batch, status=status, reason=reason, **kw)
+
+
+def _describe(card: ModelCard, backend: Backend, size: tuple[int, int]) -> dict[str, Any]:
+    return {
+        "provider": backend.provider,
+        "arch": card.architecture,
+        "precision": card.precision,
+        "input": f"{size[0]}x{size[1]}x{card.input_channels}",
+        "gflops_per_image": _gflops(card),
+    }
+
+
+def _fill(row: BenchRow, timing: Timing, config: TimingConfig) -> None:
+    summary = timing.summary(config)
+    row.images_per_second = float(summary["images_per_second"])
+    row.p50_ms, row.p90_ms, row.p99_ms = (float(summary[k]) for k in ("p50_ms", "p90_ms", "p99_ms"))
+    row.calls = int(summary["calls"])
+    row.stable = bool(summary["stable"])
+    row.latencies_ms = [round(1e3 * v, 3) for v in timing.latencies]
+    if row.gflops_per_image is not None:
+        row.gflops_per_second = round(row.gflops_per_image * row.images_per_second, 1)
+
+
+def _trial(call: Callable[[], object]) -> str:
+    """Run once; the error text if it fails (the row says so and the run goes on)."""
+    try:
+        call()
+    except Exception as exc:  # any backend failure becomes a row, not a crash
+        return f"{type(exc).__name__}: {str(exc).strip()[:300]}"
+    return ""
+
+
+def _load_contenders(config: BenchConfig, rows: list[BenchRow]) -> list[Contender]:
+    batches = config.batches()
+    contenders = []
+    for model in dict.fromkeys(config.models):  # each file once, in order
+        kind = model_kind(model)
+        for name in config.backend_names():
+            if BACKEND_KINDS[name] != kind:
+                continue  # each backend runs the files it can load
+            try:
+                backend = load(model, name)
+            except (BackendError, ValueError, OSError) as exc:
+                rows.append(_status_row(model, name, 0, "unavailable", str(exc)))  # batch 0: all of them
+                continue
+            card = backend.card
+            size = _model_size(card, backend)
+            images = _source_images(config, card.input_channels, size, max(batches))
+            runnable = {}
+            for b in batches:
+                skip = ""
+                if backend.fixed_batch and b != backend.max_batch:
+                    skip = f"this file has a fixed batch of {backend.max_batch}"
+                elif backend.max_batch is not None and b > backend.max_batch:
+                    skip = f"over this model's maximum batch of {backend.max_batch}"
+                if skip:
+                    rows.append(
+                        _status_row(model, name, b, "skipped", skip, **_describe(card, backend, size))
+                    )
+                else:
+                    runnable[b] = np.stack(images[:b])
+            contenders.append(Contender(model, backend, card, runnable))
+    return contenders
+
+
+def _keras_ratios(rows: list[BenchRow]) -> None:
+    keras = {
+        (r.arch, r.batch): r for r in rows if r.backend == "keras" and r.status == "ok" and r.mode == "infer"
+    }
+    for r in rows:
+        ref = keras.get((r.arch, r.batch))
+        if r.status == "ok" and r.mode == "infer" and ref is not None and ref.images_per_second:
+            r.vs_keras = round((r.images_per_second or 0) / ref.images_per_second, 3)
+
+
+def run_infer_rows(config: BenchConfig, contenders: list[Contender]) -> list[BenchRow]:
+    rows: list[BenchRow] = []
+    timing_config = config.timing()
+    for b in config.batches():
+        calls: dict[str, tuple[Callable[[], object], int]] = {}
+        pending: dict[str, BenchRow] = {}
+        for i, c in enumerate(contenders):
+            if b not in c.images:
+                continue
+            batch = c.images[b]
+            size = (batch.shape[1], batch.shape[2])
+            row = BenchRow(
+                model=c.model, backend=c.backend.name, batch=b, **_describe(c.card, c.backend, size)
+            )
+
+            def call(backend: Backend = c.backend, x: np.ndarray = batch) -> object:
+                return backend.infer(x)
+
+            error = _trial(call)
+            if error:
+                row.status, row.reason = "failed", error
+                rows.append(row)
+                continue
+            key = f"{i}:{c.backend.name}"
+            calls[key], pending[key] = (call, b), row
+        if calls:
+            timings = time_side_by_side(calls, timing_config)
+            for key, row in pending.items():
+                _fill(row, timings[key], timing_config)
+                rows.append(row)
+    return rows
+
+
+def _pipeline_folder(
+    config: BenchConfig, channels: int, size: tuple[int, int], count: int, folder: Path
+) -> Path:
+    """The images ``fcnx predict`` reads: --data as is, or seeded random PNGs written once."""
+    if config.data:
+        return _data_images(Path(config.data))[0].parent
+    folder.mkdir()
+    for i, image in enumerate(_source_images(config, channels, size, count)):
+        cv2.imwrite(str(folder / f"{i:04d}.png"), image)
+    return folder
+
+
+def _raw_and_pipeline(
+    c: Contender, batch: int, folder: Path, decoded: list[np.ndarray], out: Path
+) -> tuple[Callable[[], object], Callable[[], object]]:
+    """The two calls timed against each other: Segmenter.predict on decoded images, and
+    the whole fcnx predict job over the files they came from (same backend, same batch)."""
+    from .pipeline import PredictConfig, predict_folder
+
+    segmenter = Segmenter(c.backend, batch_size=batch)
+    job = PredictConfig(
+        model=c.model, inputs=(str(folder),), out=str(out), batch=batch, overwrite=True, progress=False
+    )
+
+    def raw() -> object:
+        return segmenter.predict(decoded)
+
+    def pipeline() -> object:
+        return predict_folder(job, backend=c.backend)
+
+    return raw, pipeline
+
+
+def run_pipeline_rows(config: BenchConfig, contenders: list[Contender]) -> list[BenchRow]:
+    """Per onnxruntime/TensorRT contender and batch: ``Segmenter.predict`` on decoded
+    arrays ("raw") against ``fcnx predict`` over the same files ("pipeline")."""
+    rows: list[BenchRow] = []
+    timing_config = dataclasses.replace(config.timing(), warmup=1, min_calls=3, window=2)
+    with tempfile.TemporaryDirectory(prefix="fcnx-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        for i, c in enumerate(contenders):
+            if c.backend.name == "keras":
+                continue
+            size = _model_size(c.card, c.backend)
+            folder = _pipeline_folder(
+                config, c.card.input_channels, size, 4 * max(config.batches()), tmp / f"images-{i}"
+            )
+            files = list_images(folder)
+            decoded = [read_image(p, c.card.input_channels) for p in files]
+            for b in c.images:
+                raw, pipeline = _raw_and_pipeline(c, b, folder, decoded, tmp / f"out-{i}-{b}")
+                timings = time_side_by_side(
+                    {"raw": (raw, len(files)), "pipeline": (pipeline, len(files))}, timing_config
+                )
+                described = _describe(c.card, c.backend, size)
+                raw_row = BenchRow(model=c.model, backend=c.backend.name, batch=b, mode="raw", **described)
+                pipe_row = BenchRow(
+                    model=c.model, backend=c.backend.name, batch=b, mode="pipeline", **described
+                )
+                _fill(raw_row, timings["raw"], timing_config)
+                _fill(pipe_row, timings["pipeline"], timing_config)
+                if raw_row.images_per_second:
+                    pipe_row.vs_raw = round((pipe_row.images_per_second or 0) / raw_row.images_per_second, 3)
+                rows += [raw_row, pipe_row]
+    return rows
+
+
+def run_bench(config: BenchConfig) -> dict[str, Any]:
+    """The whole run: ceiling, contenders, rows. Returns the report (see bench_report)."""
+    from .machine import describe_machine
+
+    if not config.models:
+        raise ValueError("fcnx bench needs at least one model file")
+    config.batches(), config.backend_names()  # validate before any slow work
+    rows: list[BenchRow] = []
+    contenders = _load_contenders(config, rows)
+    ceiling: dict[str, Any] = {}
+    if config.ceiling:
+        from .ceiling import cpu_ceiling, gpu_ceiling
+
+        ceiling["cpu"] = cpu_ceiling()
+        if any(c.backend.name in GPU_BACKENDS for c in contenders):
+            ceiling["gpu"] = gpu_ceiling()
+    try:
+        rows += run_infer_rows(config, contenders)
+        if config.pipeline:
+            rows += run_pipeline_rows(config, contenders)
+    finally:
+        for c in contenders:
+            c.backend.close()
+    for r in rows:
+        peak = _peak_for(r, ceiling)
+        if peak and r.gflops_per_second is not None:
+            r.percent_of_peak = round(100 * r.gflops_per_second / peak, 1)
+    _keras_ratios(rows)
+    rows.sort(key=lambda r: r.status != "ok")  # timed rows first, in run order; then why others did not run
+    return {
+        "config": dataclasses.asdict(config),
+        "machine": describe_machine(),
+        "ceiling": ceiling,
+        "providers": sorted({r.provider for r in rows if r.provider}),
+        "rows": [r.to_dict() for r in rows],
+    }
+
+
+def _peak_for(row: BenchRow, ceiling: dict[str, Any]) -> float | None:
+    part = ceiling.get("gpu" if row.backend in GPU_BACKENDS else "cpu") or {}
+    value = part.get("peak_gflops")
+    return float(value) if isinstance(value, (int, float)) else None

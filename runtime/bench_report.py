@@ -1,0 +1,170 @@
+"""``fcnx bench`` results: the terminal table, bench.json (round-trips), bench.csv,
+bench.md, and the plots (throughput vs batch size per backend; latency distribution)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from .atomic import atomic_path, atomic_write_text
+from .bench import BenchRow
+
+COLUMNS = [
+    ("model", "model"), ("backend", "backend"), ("precision", "prec"), ("mode", "mode"), ("batch", "batch"),
+    ("images_per_second", "img/s"), ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"), ("p99_ms", "p99 ms"),
+    ("gflops_per_second", "GFLOP/s"), ("percent_of_peak", "% peak"), ("vs_keras", "x Keras"),
+    ("vs_raw", "x raw"), ("stable", "stable"), ("status", "status"),
+]  # fmt: skip
+
+
+def rows_of(report: dict[str, Any]) -> list[BenchRow]:
+    return [BenchRow.from_dict(r) for r in report["rows"]]
+
+
+def read_report(path: str | Path) -> dict[str, Any]:
+    """bench.json back, its rows checked against BenchRow (unknown keys are errors)."""
+    path = Path(path)
+    try:
+        report: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        rows_of(report)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: not an fcnx bench report: {exc}") from None
+    return report
+
+
+def _cell(row: BenchRow, key: str) -> str:
+    value = getattr(row, key)
+    if key == "model":
+        return Path(str(value)).name or str(value)
+    if key == "batch" and value == 0:
+        return "all"
+    if key == "status" and row.status != "ok":
+        return f"{row.status}: {row.reason[:60]}"
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float):
+        return f"{value:.2f}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)
+
+
+def _model_label(row: BenchRow) -> str:
+    path = Path(row.model)
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
+
+def table(report: dict[str, Any], markdown: bool = False) -> str:
+    rows = rows_of(report)
+    header = [title for _, title in COLUMNS]
+    body = [[_model_label(r) if k == "model" else _cell(r, k) for k, _ in COLUMNS] for r in rows]
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(cells) + " |" for cells in body]
+        return "\n".join(lines)
+    widths = [max(len(h), *(len(c[i]) for c in body)) if body else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(cells, widths)) for cells in body]
+    return "\n".join(lines)
+
+
+def describe_run(report: dict[str, Any]) -> str:
+    machine = report["machine"]
+    parts = [f"{machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB"]
+    if machine.get("gpus"):
+        parts.append(", ".join(machine["gpus"]))
+    versions = machine.get("versions", {})
+    libs = ", ".join(f"{k} {v}" for k, v in versions.items() if k in ("onnxruntime", "onnxruntime-gpu",
+                                                                       "tensorflow", "keras", "tensorrt"))  # fmt: skip
+    text = f"Machine: {'; '.join(parts)}. {libs}."
+    cpu = report.get("ceiling", {}).get("cpu")
+    if cpu:
+        text += (
+            f" CPU FP32 matmul ceiling measured in the same run: {cpu['peak_gflops']:.0f} GFLOP/s "
+            f"(numpy {cpu['numpy_gflops']:.0f}, onnxruntime {cpu['onnxruntime_gflops']:.0f})."
+        )
+    gpu = report.get("ceiling", {}).get("gpu")
+    if gpu and gpu.get("peak_gflops"):
+        text += f" GPU FP16 matmul ceiling: {gpu['peak_gflops']:.0f} GFLOP/s."
+    return text
+
+
+def markdown(report: dict[str, Any]) -> str:
+    return f"{table(report, markdown=True)}\n\n{describe_run(report)}\n"
+
+
+def to_csv(report: dict[str, Any]) -> str:
+    buffer = io.StringIO()
+    fields = [k for k in BenchRow.__dataclass_fields__ if k != "latencies_ms"]
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    for row in report["rows"]:
+        writer.writerow(row)
+    return buffer.getvalue()
+
+
+def plot(report: dict[str, Any], out: Path) -> list[Path]:
+    """throughput.png (images/s vs batch, a line per model x backend) and latency.png (the
+    per-call latency distribution of every timed row); needs matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows_of(report) if r.status == "ok" and r.images_per_second]
+    lines: dict[str, list[tuple[int, float]]] = {}
+    for r in rows:
+        label = f"{_model_label(r)} {r.backend}" + ("" if r.mode == "infer" else f" ({r.mode})")
+        lines.setdefault(label, []).append((r.batch, float(r.images_per_second or 0)))
+    written = []
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for label, points in sorted(lines.items()):
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("images / s")
+    ax.set_title("Throughput")
+    ax.grid(True, alpha=0.3)
+    if lines:
+        ax.legend(fontsize=7)
+    written.append(_save(fig, out / "throughput.png"))
+    plt.close(fig)
+
+    timed = [r for r in rows if r.latencies_ms]
+    fig, ax = plt.subplots(figsize=(8, max(3.0, 0.35 * len(timed) + 1)))
+    if timed:
+        ax.boxplot([r.latencies_ms for r in timed], orientation="horizontal", whis=(1, 99), showfliers=False)
+        ax.set_yticks(range(1, len(timed) + 1))
+        ax.set_yticklabels([f"{_model_label(r)} {r.backend} {r.mode} b{r.batch}" for r in timed], fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("latency per call (ms); whiskers p1-p99")
+    ax.set_title("Latency distribution")
+    fig.tight_layout()
+    written.append(_save(fig, out / "latency.png"))
+    plt.close(fig)
+    return written
+
+
+def _save(fig: Any, path: Path) -> Path:
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
+    return path
+
+
+def write_outputs(report: dict[str, Any], out: str | Path, plots: bool = True) -> list[Path]:
+    out = Path(out)
+    written = []
+    for name, text in (
+        ("bench.json", json.dumps(report, indent=2) + "\n"),
+        ("bench.csv", to_csv(report)),
+        ("bench.md", markdown(report)),
+    ):
+        atomic_write_text(out / name, text)
+        written.append(out / name)
+    if plots:
+        written += plot(report, out)
+    return written

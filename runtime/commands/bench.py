@@ -1,0 +1,43 @@
+"""fcnx bench MODEL... --backends keras,ort-cpu --batch 1,8,32: latency and throughput of
+every model file on every backend that can load it, side by side in one run, with the
+machine's matmul ceiling and the Keras baseline measured in the same run.
+
+Writes OUT/bench.json, bench.csv, bench.md, throughput.png and latency.png, and
+prints the table. Example:
+
+  fcnx bench runs/fcn8s runs/fcn8s/model.onnx runs/fcn8s/model.fp16.onnx --backends keras,ort-cpu --batch 1,8
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+
+from fcnx.runtime.bench import BenchConfig, run_bench
+from fcnx.runtime.bench_report import describe_run, table, write_outputs
+from fcnx.runtime.flags import add_dataclass_flags, dataclass_from_args
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("models", nargs="+", metavar="MODEL", help=".keras / run folder, .onnx, .engine")
+    add_dataclass_flags(parser, BenchConfig)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    config = dataclass_from_args(BenchConfig, args, models=tuple(args.models))
+    plots = config.plots
+    if plots and importlib.util.find_spec("matplotlib") is None:
+        print('note: plots skipped, matplotlib is not installed: pip install "fcnx[bench]"', file=sys.stderr)
+        plots = False
+    report = run_bench(config)
+    written = write_outputs(report, config.out, plots=plots)
+    print(table(report))
+    print(describe_run(report))
+    print("wrote " + ", ".join(str(p) for p in written))
+    # unavailable backends (no GPU here) are information; a backend that loaded and then failed is an error
+    return 1 if any(r["status"] == "failed" for r in report["rows"]) else 0

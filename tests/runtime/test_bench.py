@@ -1,0 +1,115 @@
+"""fcnx bench on the tiny model: rows for every runnable (model, backend, batch), a row
+with the reason for what cannot run, the report files, and the JSON round trip."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fcnx.runtime.bench import BenchConfig, BenchRow, Contender, run_bench, run_infer_rows
+from fcnx.runtime.bench_report import read_report, table, write_outputs
+from fcnx.runtime.cli import main
+from fcnx.runtime.load import load
+
+QUICK = {"min_seconds": 0.3, "max_seconds": 2.0, "warmup": 1, "ceiling": False}
+
+
+@pytest.fixture(scope="module")
+def report(tiny_run: Path, tiny_onnx: Path, tiny_onnx_fixed: Path) -> dict[str, Any]:
+    config = BenchConfig(
+        models=(str(tiny_run), str(tiny_onnx), str(tiny_onnx_fixed)),
+        backends="keras,ort-cpu,ort-cuda",
+        batch="1,3",
+        pipeline=True,
+        **QUICK,  # type: ignore[arg-type]
+    )
+    return run_bench(config)
+
+
+def _rows(report: dict[str, Any], **match: Any) -> list[BenchRow]:
+    rows = [BenchRow.from_dict(r) for r in report["rows"]]
+    return [r for r in rows if all(getattr(r, k) == v for k, v in match.items())]
+
+
+def test_every_backend_runs_every_file_it_can_load(report: dict[str, Any], tiny_onnx: Path) -> None:
+    ok = _rows(report, status="ok", mode="infer")
+    assert {(Path(r.model).name, r.backend, r.batch) for r in ok} == {
+        ("tiny", "keras", 1), ("tiny", "keras", 3), ("model.onnx", "ort-cpu", 1), ("model.onnx", "ort-cpu", 3),
+        ("fixed.onnx", "ort-cpu", 3),
+    }  # fmt: skip
+    for r in ok:
+        assert r.images_per_second and r.images_per_second > 0 and r.calls >= 1
+        assert r.p50_ms is not None and r.p50_ms <= (r.p99_ms or 0) and len(r.latencies_ms) == r.calls
+        assert r.provider and r.precision == "fp32" and r.input == "64x64x1"
+    onnx_row = _rows(report, model=str(tiny_onnx), batch=3, mode="infer")[0]
+    assert onnx_row.vs_keras is not None and onnx_row.vs_keras > 0  # measured against the keras row
+    assert "CPUExecutionProvider" in report["providers"]
+
+
+def test_rows_say_why_something_did_not_run(report: dict[str, Any], tiny_onnx_fixed: Path) -> None:
+    unavailable = _rows(report, backend="ort-cuda")
+    assert unavailable and all(
+        r.status == "unavailable" and "CUDAExecutionProvider" in r.reason for r in unavailable
+    )
+    skipped = _rows(report, model=str(tiny_onnx_fixed), batch=1)
+    assert skipped[0].status == "skipped" and "fixed batch of 3" in skipped[0].reason
+
+
+def test_pipeline_rows_compare_fcnx_predict_with_raw_inference(
+    report: dict[str, Any], tiny_onnx: Path
+) -> None:
+    raw = _rows(report, model=str(tiny_onnx), mode="raw", batch=3)[0]
+    pipeline = _rows(report, model=str(tiny_onnx), mode="pipeline", batch=3)[0]
+    assert raw.images_per_second and pipeline.images_per_second and pipeline.vs_raw
+    assert pipeline.vs_raw == pytest.approx(pipeline.images_per_second / raw.images_per_second, rel=1e-2)
+
+
+def test_a_failing_backend_leaves_a_failed_row_and_the_run_goes_on(tiny_onnx: Path) -> None:
+    good = load(tiny_onnx, "ort-cpu")
+    broken = load(tiny_onnx, "ort-cpu")
+    broken.infer = lambda batch: (_ for _ in ()).throw(RuntimeError("device lost"))  # type: ignore[method-assign]
+    batch = {2: np.zeros((2, 64, 64, 1), np.uint8)}
+    contenders = [
+        Contender("a.onnx", broken, broken.card, batch),
+        Contender("b.onnx", good, good.card, batch),
+    ]
+    rows = run_infer_rows(BenchConfig(models=("x",), batch="2", **QUICK), contenders)  # type: ignore[arg-type]
+    assert [(r.model, r.status) for r in rows] == [("a.onnx", "failed"), ("b.onnx", "ok")]
+    assert "device lost" in rows[0].reason
+
+
+def test_report_files_and_json_round_trip(report: dict[str, Any], tmp_path: Path) -> None:
+    written = write_outputs(report, tmp_path)
+    assert {p.name for p in written} == {
+        "bench.json",
+        "bench.csv",
+        "bench.md",
+        "throughput.png",
+        "latency.png",
+    }
+    assert all(p.stat().st_size > 0 for p in written)
+    assert (tmp_path / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    back = read_report(tmp_path / "bench.json")
+    assert back["rows"] == report["rows"]
+    assert [BenchRow.from_dict(r).to_dict() for r in back["rows"]] == report["rows"]
+    assert "| model | backend |" in (tmp_path / "bench.md").read_text()
+    assert len((tmp_path / "bench.csv").read_text().splitlines()) == len(report["rows"]) + 1
+    bad = json.loads((tmp_path / "bench.json").read_text())
+    bad["rows"][0]["speed"] = 1
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="unknown keys"):
+        read_report(tmp_path / "bad.json")
+    assert "unavailable" in table(report)
+
+
+def test_cli_bench(tiny_onnx: Path, tmp_path: Path, capsys: Any) -> None:
+    code = main(["bench", str(tiny_onnx), "--backends", "ort-cpu", "--batch", "2", "--min-seconds", "0.2",
+                 "--warmup", "1", "--no-ceiling", "--no-plots", "--out", str(tmp_path)])  # fmt: skip
+    assert code == 0
+    assert "img/s" in capsys.readouterr().out and (tmp_path / "bench.json").is_file()
+    assert main(["bench", str(tiny_onnx), "--batch", "0", "--out", str(tmp_path)]) == 1
+    assert "positive integers" in capsys.readouterr().err
