@@ -128,7 +128,7 @@ def convert(model: Any, card: ModelCard, config: OnnxExportConfig) -> Any:
     import tensorflow as tf
     import tf2onnx
 
-    from .onnx_graph import add_mask_output, convert_to_fp16, select_outputs
+    from .onnx_graph import add_mask_output, convert_to_fp16, select_outputs, softmax_on_last_axis
 
     size = parse_size(config.size)
     if size == "card":
@@ -152,12 +152,30 @@ def convert(model: Any, card: ModelCard, config: OnnxExportConfig) -> Any:
         for node in proto.graph.node:
             node.output[:] = ["probs" if o == old else o for o in node.output]
             node.input[:] = ["probs" if i == old else i for i in node.input]
+    softmax_on_last_axis(proto)
     if config.precision == "fp16":
         proto = convert_to_fp16(proto)
     add_mask_output(proto, card.output_kind)
     select_outputs(proto, config.output)
     proto.producer_name = "fcnx"
     return proto
+
+
+def flops_entries(proto: Any, card: ModelCard, config: OnnxExportConfig) -> dict[str, Any]:
+    """The card's ``gflops_per_image`` and ``gflops_size`` [H, W]: at the exported size, or
+    for ``--size dynamic`` at the card's own size; nothing when no size is known."""
+    from .flops import FlopCountError, count_flops
+
+    size = parse_size(config.size)
+    height, width = size if isinstance(size, tuple) else (card.input_height, card.input_width)
+    if height is None or width is None:
+        return {}
+    batch = 1 if config.batch == "dynamic" else int(config.batch)
+    try:
+        count = count_flops(proto, {"image": [batch, height, width, card.input_channels]})
+    except FlopCountError:
+        return {}  # an unusual graph: the card simply has no FLOP count
+    return {"gflops_per_image": round(count.gflops_per_image, 3), "gflops_size": [height, width]}
 
 
 def export_onnx(config: OnnxExportConfig) -> dict[str, Any]:
@@ -186,6 +204,7 @@ def export_onnx(config: OnnxExportConfig) -> dict[str, Any]:
             "outputs": [o.name for o in proto.graph.output],
             "keras_sha256": sha256_file(source),
             "keras_file": source.name,
+            **flops_entries(proto, card, config),
         },
         versions={
             **card.versions,

@@ -134,3 +134,17 @@ def test_unwritable_output_and_old_opset(tiny_run: Path, tmp_path: Path) -> None
         OnnxExportConfig(batch="zero")
     with pytest.raises(ExportError, match="size must be"):
         OnnxExportConfig(size="big")
+
+
+def test_softmax_runs_over_the_last_axis(tiny_onnx: Path) -> None:
+    """tf2onnx's Softmax(axis=1) on NCHW then Transpose is swapped to Transpose then
+    Softmax(axis=-1): onnxruntime's CPU softmax over a non-last axis is ~10x slower."""
+    import onnx
+
+    graph = onnx.load(str(tiny_onnx)).graph
+    softmax = [n for n in graph.node if n.op_type == "Softmax"]
+    assert len(softmax) == 1
+    assert [a.i for a in softmax[0].attribute if a.name == "axis"] == [-1]
+    assert softmax[0].output[0] == "probs"
+    producer = {o: n for n in graph.node for o in n.output}[softmax[0].input[0]]
+    assert producer.op_type == "Transpose"
