@@ -21,6 +21,34 @@ sys.path.insert(0, str(HERE))
 
 from report import write_report  # noqa: E402
 
+# name -> (precision, file, int8 options); FCN-2s gets the first three, FCN-8s all
+VARIANTS: dict[str, tuple[str, str, dict]] = {
+    "FP32": ("fp32", "model.onnx", {}),
+    "FP16": ("fp16", "model.fp16.onnx", {}),
+    "INT8 s8s8": ("int8", "model.int8.onnx", {}),
+    "INT8 u8s8": ("int8", "model.int8-u8s8.onnx", {"int8_format": "u8s8"}),
+    "INT8 u8s8 reduce-range": (
+        "int8",
+        "model.int8-u8s8-rr.onnx",
+        {"int8_format": "u8s8", "reduce_range": True},
+    ),
+    "INT8 u8u8": ("int8", "model.int8-u8u8.onnx", {"int8_format": "u8u8"}),
+}
+
+
+def calibration_folder(run: Path, data: Path, out: Path) -> Path:
+    """The run's training images (its card lists them), linked into one folder: INT8 is
+    calibrated on training data, as in deployment, never on the validation images."""
+    card = json.loads((run / "card.json").read_text())
+    folder = out / f"calib-{run.name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem in card["training"]["train_images"]:
+        source = next((data / "image").glob(f"{stem}.*"))
+        link = folder / source.name
+        if not link.exists():
+            link.symlink_to(source.resolve())
+    return folder
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(
@@ -40,12 +68,24 @@ def main() -> int:
         run = args.runs / arch
         if not (run / "best.keras").is_file():
             raise SystemExit(f"{run}/best.keras not found: run benchmarks/train_quality.py first")
-        for precision in ("fp32", "fp16"):
-            out = args.out / arch / ("model.onnx" if precision == "fp32" else "model.fp16.onnx")
+        variants = list(VARIANTS) if arch == "fcn8s" else list(VARIANTS)[:3]
+        for name in variants:
+            precision, file_name, int8 = VARIANTS[name]
+            out = args.out / arch / file_name
             started = time.perf_counter()
+            extra = (
+                {"calib": str(calibration_folder(run, args.data, args.out)), **int8}
+                if precision == "int8"
+                else {}
+            )
             result = export_onnx(
                 OnnxExportConfig(
-                    model=str(run), out=str(out), precision=precision, data=str(args.data), force=True
+                    model=str(run),
+                    out=str(out),
+                    precision=precision,
+                    data=str(args.data),
+                    force=True,
+                    **extra,
                 )
             )
             total = time.perf_counter() - started
@@ -54,6 +94,7 @@ def main() -> int:
                 {
                     "arch": arch,
                     "precision": precision,
+                    "variant": name,
                     "export_seconds": round(total, 1),
                     "convert_seconds": result["convert_seconds"],
                     "mib": round(result["bytes"] / 2**20, 1),
@@ -72,8 +113,9 @@ def main() -> int:
 def to_markdown(doc: dict) -> str:
     m = doc["machine"]
     lines = [
-        f"Each row is one `fcnx export onnx RUN --precision P --data membrane` of a model from the table above, "
-        f"compared with Keras on the 24 membrane images plus 4 seeded random ones "
+        f"Each row is one `fcnx export onnx RUN --precision P --data membrane` (INT8: `--calib membrane "
+        f"--int8-format F`) of a model from the table above, compared with Keras on the 24 membrane images plus "
+        f"4 seeded random ones (INT8 rows calibrated on the model's 20 training images) "
         f"({doc['date']}, {m['cpu']}, {m['cores']} cores, onnxruntime CPU).",
         "",
         "| model | ONNX | max abs prob error | mean abs error | mask agreement | within 2 px of edges "
@@ -84,7 +126,8 @@ def to_markdown(doc: dict) -> str:
         p = row["parity"]
         change = p["miou_change"]
         lines.append(
-            f"| {row['arch'].replace('fcn', 'FCN-')} | {row['precision'].upper()} | {p['max_abs_prob']:.1e} | "
+            f"| {row['arch'].replace('fcn', 'FCN-')} | {row.get('variant', row['precision'].upper())} | "
+            f"{p['max_abs_prob']:.1e} | "
             f"{p['mean_abs_prob']:.1e} | {p['mask_agreement']:.4%} | {p['boundary_agreement']:.4%} | "
             f"{change * 100:+.4f} pt | {'pass' if p['passed'] else 'FAIL'} | {row['mib']} MiB | "
             f"{row['export_seconds']:.0f} s |"

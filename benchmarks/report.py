@@ -36,7 +36,7 @@ def write_bench_results(results: Path, suite: str, report: dict, columns: list[t
     for row in report["rows"]:
         cells = []
         for key, _ in columns:
-            value = row.get(key)
+            value = Path(row["model"]).name if key == "file" else row.get(key)
             if key == "status" and value != "ok":
                 value = f"{value}: {row.get('reason', '')[:80]}"
             elif key == "stable":

@@ -76,6 +76,12 @@ def plan_build(config: EngineBuildConfig) -> BuildPlan:
     card = read_card(model, str(path))
     if card is None:
         raise ExportError(f"{path}: has no fcnx model card; export it with fcnx export onnx")
+    calibration = card.export.get("calibration", {})
+    if card.precision == "int8" and not calibration.get("tensorrt_compatible", False):
+        raise ExportError(
+            f"{path}: INT8 in the {calibration.get('format', '?')} format (asymmetric, for onnxruntime on CPUs); "
+            "TensorRT takes symmetric Q/DQ only: re-export with --precision int8 --int8-format s8s8"
+        )
     try:
         batch = BatchProfile.parse(config.batch)
     except ValueError as exc:

@@ -44,12 +44,30 @@ class OnnxExportConfig:
     batch: str = opt("dynamic", "batch axis: 'dynamic' or a fixed size N")
     size: str = opt("card", "spatial size: 'card' (the model card's), 'dynamic', or HxW like 512x512")
     output: str = opt("both", "graph outputs", choices=("both", "probs", "mask"))
-    precision: str = opt("fp32", "fp32, or fp16 (FP16 compute, FP32 I/O kept)", choices=("fp32", "fp16"))
+    precision: str = opt(
+        "fp32",
+        "fp32; fp16 (FP16 compute, FP32 I/O kept); int8 (calibrated Q/DQ, needs --calib)",
+        choices=("fp32", "fp16", "int8"),
+    )
     force: bool = opt(False, "overwrite an existing output file")
     data: str | None = opt(
         None, "folder of real images (image/ and optional label/) for the parity check", metavar="DIR"
     )
     parity_images: int = opt(4, "seeded random images in the parity check")
+    calib: str | None = opt(
+        None, "int8: folder of calibration images (or a dataset with image/)", metavar="DIR"
+    )
+    calib_count: int = opt(64, "int8: calibration images used, at most")
+    method: str = opt(
+        "minmax", "int8: activation range calibration", choices=("minmax", "entropy", "percentile")
+    )
+    int8_format: str = opt(
+        "s8s8", "int8: s8s8 (symmetric, TensorRT-ready), u8s8 or u8u8 (onnxruntime CPU)",
+        choices=("s8s8", "u8s8", "u8u8"),
+    )  # fmt: skip
+    reduce_range: bool = opt(False, "int8: 7-bit weights (onnxruntime's advice for x86 CPUs without VNNI)")
+    exclude_nodes: tuple[str, ...] = opt((), "int8: ONNX node names to keep in float")
+    keep_fp32: str = opt("", "int8: also keep these in float: first, last or first,last (the end convs)")
 
     def __post_init__(self) -> None:
         if not MIN_OPSET <= self.opset <= MAX_OPSET:
@@ -60,6 +78,27 @@ class OnnxExportConfig:
         if self.batch != "dynamic" and not (self.batch.isdigit() and int(self.batch) >= 1):
             raise ExportError(f"batch must be 'dynamic' or a positive integer, got {self.batch!r}")
         parse_size(self.size)
+        if self.parity_images < 0 or (self.parity_images == 0 and not self.data):
+            raise ExportError("the parity check needs images: --parity-images N (N >= 1) and/or --data DIR")
+        if self.precision == "int8" and not self.calib:
+            raise ExportError(
+                "--precision int8 needs --calib DIR: real images to calibrate activation ranges"
+            )
+        if self.precision != "int8" and self.calib:
+            raise ExportError("--calib is for --precision int8")
+
+    def int8_options(self) -> Any:
+        from .quantize import Int8Options
+
+        return Int8Options(
+            calib=str(self.calib),
+            count=self.calib_count,
+            method=self.method,
+            format=self.int8_format,
+            reduce_range=self.reduce_range,
+            exclude_nodes=tuple(self.exclude_nodes),
+            keep_fp32=tuple(p.strip() for p in self.keep_fp32.split(",") if p.strip()),
+        )
 
 
 def parse_size(size: str) -> tuple[int, int] | str:
@@ -123,8 +162,9 @@ def _writable(folder: Path) -> bool:
         return False
 
 
-def convert(model: Any, card: ModelCard, config: OnnxExportConfig) -> Any:
-    """tf2onnx conversion of the Keras model with fcnx's edits; returns the ModelProto."""
+def convert(model: Any, card: ModelCard, config: OnnxExportConfig) -> tuple[Any, dict[str, Any]]:
+    """tf2onnx conversion of the Keras model with fcnx's edits; returns the ModelProto and
+    anything the card's ``export`` record needs to add (INT8: the calibration)."""
     import tensorflow as tf
     import tf2onnx
 
@@ -153,12 +193,17 @@ def convert(model: Any, card: ModelCard, config: OnnxExportConfig) -> Any:
             node.output[:] = ["probs" if o == old else o for o in node.output]
             node.input[:] = ["probs" if i == old else i for i in node.input]
     softmax_on_last_axis(proto)
+    record: dict[str, Any] = {}
     if config.precision == "fp16":
         proto = convert_to_fp16(proto)
+    elif config.precision == "int8":
+        from .quantize import quantize_int8
+
+        proto, record = quantize_int8(proto, card, config.int8_options())
     add_mask_output(proto, card.output_kind)
     select_outputs(proto, config.output)
     proto.producer_name = "fcnx"
-    return proto
+    return proto, record
 
 
 def flops_entries(proto: Any, card: ModelCard, config: OnnxExportConfig) -> dict[str, Any]:
@@ -194,7 +239,7 @@ def export_onnx(config: OnnxExportConfig) -> dict[str, Any]:
     card = card_for(model, find_card(source))
 
     started = time.perf_counter()
-    proto = convert(model, card, config)
+    proto, record = convert(model, card, config)
     card = card.replace(
         precision=config.precision,
         export={
@@ -205,6 +250,7 @@ def export_onnx(config: OnnxExportConfig) -> dict[str, Any]:
             "keras_sha256": sha256_file(source),
             "keras_file": source.name,
             **flops_entries(proto, card, config),
+            **record,
         },
         versions={
             **card.versions,

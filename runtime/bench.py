@@ -223,6 +223,18 @@ def _load_contenders(config: BenchConfig, rows: list[BenchRow]) -> list[Contende
     return contenders
 
 
+def _same_network_flops(rows: list[BenchRow]) -> None:
+    """A Keras run folder's card has no FLOP count (it is counted on the ONNX graph at
+    export): give its rows the count of an ONNX row of the same architecture and size."""
+    known = {
+        (r.arch, r.input): r.gflops_per_image for r in rows if r.gflops_per_image and r.precision == "fp32"
+    }
+    for r in rows:
+        if r.gflops_per_image is None and (r.arch, r.input) in known and r.images_per_second:
+            r.gflops_per_image = known[(r.arch, r.input)]
+            r.gflops_per_second = round((r.gflops_per_image or 0) * r.images_per_second, 1)
+
+
 def _keras_ratios(rows: list[BenchRow]) -> None:
     keras = {
         (r.arch, r.batch): r for r in rows if r.backend == "keras" and r.status == "ok" and r.mode == "infer"
@@ -356,6 +368,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     finally:
         for c in contenders:
             c.backend.close()
+    _same_network_flops(rows)
     for r in rows:
         peak = _peak_for(r, ceiling)
         if peak and r.gflops_per_second is not None:

@@ -1,0 +1,203 @@
+"""INT8: one calibrated Q/DQ ONNX that onnxruntime runs on CPUs and TensorRT builds as an
+explicitly quantized network (TensorRT 11 takes INT8 only this way).
+
+onnxruntime.quantization's ``quantize_static`` does the work: QDQ format, per-channel
+weights, activation ranges calibrated on real images. The calibration images are read
+and prepared by the runtime's own code (``read_image`` and ``Segmenter.prepare`` on
+the FP32 graph), so calibration sees exactly what inference will see.
+
+Formats (``--int8-format``):
+
+- ``s8s8``: symmetric int8 activations and weights, zero points 0: what TensorRT
+  requires; onnxruntime's CPU runs it too. The default.
+- ``u8s8``: uint8 activations, int8 weights: onnxruntime's documented fast path on
+  x86 (with ``--reduce-range`` for CPUs without VNNI). Not for TensorRT.
+- ``u8u8``: uint8 both. Not for TensorRT.
+
+Only convolutions, transposed convolutions and the skip additions are quantized: the
+softmax and the mask's argmax stay in float (8-bit probabilities would tie at class
+boundaries and flip masks).
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fcnx.runtime.card import ModelCard
+from fcnx.runtime.images import IMAGE_SUFFIXES, ImageError, read_image
+
+INT8_FORMATS = ("s8s8", "u8s8", "u8u8")
+METHODS = ("minmax", "entropy", "percentile")
+QUANTIZED_OPS = ["Conv", "ConvTranspose", "Add"]
+
+
+class CalibrationError(ValueError):
+    """No usable calibration images, or a bad calibration option."""
+
+
+@dataclass(frozen=True)
+class Int8Options:
+    calib: str  # folder of images (or a dataset folder with image/)
+    count: int = 64
+    method: str = "minmax"
+    format: str = "s8s8"
+    reduce_range: bool = False
+    exclude_nodes: tuple[str, ...] = ()
+    keep_fp32: tuple[str, ...] = ()  # "first", "last"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise CalibrationError(
+                f"calibration method must be one of {', '.join(METHODS)}, got {self.method!r}"
+            )
+        if self.format not in INT8_FORMATS:
+            raise CalibrationError(
+                f"int8 format must be one of {', '.join(INT8_FORMATS)}, got {self.format!r}"
+            )
+        if self.count < 1:
+            raise CalibrationError(f"--calib-count must be at least 1, got {self.count}")
+        unknown = set(self.keep_fp32) - {"first", "last"}
+        if unknown:
+            raise CalibrationError(f"--keep-fp32 takes first and/or last, got {', '.join(sorted(unknown))}")
+
+
+def calibration_files(folder: str | Path) -> list[Path]:
+    """Image files in ``folder/image`` (a dataset) or ``folder``, sorted."""
+    root = Path(folder)
+    images = root / "image" if (root / "image").is_dir() else root
+    if not images.is_dir():
+        raise CalibrationError(f"{root}: calibration folder not found")
+    files = sorted(p for p in images.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise CalibrationError(f"{images}: no calibration images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def calibration_batches(fp32_path: Path, options: Int8Options) -> list[np.ndarray]:
+    """Up to ``count`` images as (1, H, W, C) uint8 batches, prepared by the runtime's
+    Segmenter for the FP32 graph; unreadable files are skipped with a warning."""
+    from fcnx.runtime.ort_backend import OrtBackend
+    from fcnx.runtime.segmenter import Segmenter
+
+    backend = OrtBackend(fp32_path, "ort-cpu")
+    segmenter = Segmenter(backend, batch_size=1)
+    batches: list[np.ndarray] = []
+    skipped: list[str] = []
+    for path in calibration_files(options.calib):
+        if len(batches) == options.count:
+            break
+        try:
+            image = read_image(path, backend.card.input_channels)
+        except ImageError as exc:
+            skipped.append(str(exc))
+            continue
+        batches.append(segmenter.prepare(image, str(path)).image[None])
+    backend.close()
+    for message in skipped:
+        print(f"warning: calibration image skipped: {message}", file=sys.stderr)
+    if not batches:
+        raise CalibrationError(f"{options.calib}: none of the calibration images could be read")
+    return batches
+
+
+def _excluded(proto: Any, options: Int8Options) -> list[str]:
+    """Node names kept in float: the user's, plus the first conv and/or the last
+    (transposed) conv for ``--keep-fp32 first,last``."""
+    names = list(options.exclude_nodes)
+    convs = [n.name for n in proto.graph.node if n.op_type in ("Conv", "ConvTranspose")]
+    known = {n.name for n in proto.graph.node}
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise CalibrationError(f"--exclude-nodes: no nodes named {', '.join(missing)} in the graph")
+    if "first" in options.keep_fp32 and convs:
+        names.append(convs[0])
+    if "last" in options.keep_fp32 and convs:
+        names.append(convs[-1])
+    return names
+
+
+def quantize_int8(proto: Any, card: ModelCard, options: Int8Options) -> tuple[Any, dict[str, Any]]:
+    """The FP32 graph (card attached, probs output) -> the Q/DQ INT8 graph, and what
+    to record in the card about its calibration."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from .onnx_graph import set_card
+
+    activation, weight = {
+        "s8s8": (QuantType.QInt8, QuantType.QInt8),
+        "u8s8": (QuantType.QUInt8, QuantType.QInt8),
+        "u8u8": (QuantType.QUInt8, QuantType.QUInt8),
+    }[options.format]
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[options.method]
+    excluded = _excluded(proto, options)
+    with tempfile.TemporaryDirectory(prefix="fcnx-int8-") as tmp:
+        fp32_path = Path(tmp) / "fp32.onnx"
+        with_card = onnx.ModelProto()
+        with_card.CopyFrom(proto)
+        set_card(with_card, card)
+        onnx.save_model(with_card, str(fp32_path))
+        batches = calibration_batches(fp32_path, options)
+        input_name = proto.graph.input[0].name
+        # onnxruntime's documented first step: shape inference and graph cleanup, so every
+        # tensor the quantizer sees has a known shape and type (symbolic inference is for
+        # transformers' dynamic shapes, and needs sympy)
+        prepared_path = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32_path), str(prepared_path), skip_symbolic_shape=True)
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self._it: Iterator[np.ndarray] = iter(batches)
+
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                batch = next(self._it, None)
+                return None if batch is None else {input_name: batch}
+
+        out_path = Path(tmp) / "int8.onnx"
+        quantize_static(
+            str(prepared_path),
+            str(out_path),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=QUANTIZED_OPS,
+            per_channel=True,
+            reduce_range=options.reduce_range,
+            activation_type=activation,
+            weight_type=weight,
+            nodes_to_exclude=excluded,
+            calibrate_method=method,
+            extra_options={"ActivationSymmetric": options.format == "s8s8", "WeightSymmetric": True},
+        )
+        quantized = onnx.load_model(str(out_path))
+    record = {
+        "calibration": {
+            "folder": str(options.calib),
+            "images": len(batches),
+            "method": options.method,
+            "format": options.format,
+            "reduce_range": options.reduce_range,
+            "per_channel": True,
+            "float_nodes": excluded,
+            "tensorrt_compatible": options.format == "s8s8",
+        }
+    }
+    del quantized.metadata_props[:]  # the export sets the final card
+    return quantized, record
