@@ -56,7 +56,7 @@ def main() -> int:
         archs = args.archs.split(",")
     else:
         suite = "cpu_backends_int8"
-        files = ["model.onnx", *(f"model.int8{v}.onnx" for v in ("", "-u8s8", "-u8s8-rr", "-u8u8"))]
+        files = ["model.onnx", *(f"model.int8{v}.onnx" for v in ("", "-all", "-u8s8", "-u8s8-rr", "-u8u8"))]
         archs = ["fcn8s"]
         args.batch = args.batch if args.batch != "1,8,32" else "1,8"
     models = []

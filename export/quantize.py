@@ -14,9 +14,12 @@ Formats (``--int8-format``):
   x86 (with ``--reduce-range`` for CPUs without VNNI). Not for TensorRT.
 - ``u8u8``: uint8 both. Not for TensorRT.
 
-Only convolutions, transposed convolutions and the skip additions are quantized: the
-softmax and the mask's argmax stay in float (8-bit probabilities would tie at class
-boundaries and flip masks).
+Only convolutions, transposed convolutions and the skip additions are quantized, and by
+default not the decoder's (``--keep-fp32 decoder``): its score convs, transposed convs
+and skip additions are ~0.1 % of the FLOPs but carry every class boundary at full
+resolution; in float they cost no measurable speed and halve the flipped pixels (on
+the membrane FCN-2s, 99.44 % mask agreement instead of 98.97 %). The softmax and the
+mask's argmax always stay in float (8-bit probabilities would tie at boundaries).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from fcnx.runtime.images import IMAGE_SUFFIXES, ImageError, read_image
 INT8_FORMATS = ("s8s8", "u8s8", "u8u8")
 METHODS = ("minmax", "entropy", "percentile")
 QUANTIZED_OPS = ["Conv", "ConvTranspose", "Add"]
+KEEP_CHOICES = ("first", "last", "decoder")
 
 
 class CalibrationError(ValueError):
@@ -50,7 +54,7 @@ class Int8Options:
     format: str = "s8s8"
     reduce_range: bool = False
     exclude_nodes: tuple[str, ...] = ()
-    keep_fp32: tuple[str, ...] = ()  # "first", "last"
+    keep_fp32: tuple[str, ...] = ("decoder",)  # "first", "last", "decoder"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -63,9 +67,11 @@ class Int8Options:
             )
         if self.count < 1:
             raise CalibrationError(f"--calib-count must be at least 1, got {self.count}")
-        unknown = set(self.keep_fp32) - {"first", "last"}
+        unknown = set(self.keep_fp32) - set(KEEP_CHOICES)
         if unknown:
-            raise CalibrationError(f"--keep-fp32 takes first and/or last, got {', '.join(sorted(unknown))}")
+            raise CalibrationError(
+                f"--keep-fp32 takes {', '.join(KEEP_CHOICES)} (comma-separated), got {', '.join(sorted(unknown))}"
+            )
 
 
 def calibration_files(folder: str | Path) -> list[Path]:
@@ -107,9 +113,28 @@ def calibration_batches(fp32_path: Path, options: Int8Options) -> list[np.ndarra
     return batches
 
 
-def _excluded(proto: Any, options: Int8Options) -> list[str]:
-    """Node names kept in float: the user's, plus the first conv and/or the last
-    (transposed) conv for ``--keep-fp32 first,last``."""
+def decoder_nodes(proto: Any, num_classes: int) -> list[str]:
+    """The FCN decoder: score convs (as many output channels as classes), the transposed
+    convs and the additions that fuse their outputs. A few per mille of the FLOPs, but
+    every output pixel's class boundary passes through them at full resolution."""
+    shapes = {t.name: list(t.dims) for t in proto.graph.initializer}
+    produced_by = {o: n for n in proto.graph.node for o in n.output}
+
+    def is_decoder(node: Any) -> bool:
+        weight = shapes.get(node.input[1], []) if len(node.input) > 1 else []
+        if node.op_type == "ConvTranspose" or (node.op_type == "Conv" and weight[:1] == [num_classes]):
+            return True
+        upsampled = [produced_by.get(i) for i in node.input]
+        return node.op_type == "Add" and any(
+            p is not None and p.op_type == "ConvTranspose" for p in upsampled
+        )
+
+    return [node.name for node in proto.graph.node if is_decoder(node)]
+
+
+def _excluded(proto: Any, options: Int8Options, num_classes: int) -> list[str]:
+    """Node names kept in float: the user's, plus the first conv, the last (transposed)
+    conv and/or the decoder for ``--keep-fp32``."""
     names = list(options.exclude_nodes)
     convs = [n.name for n in proto.graph.node if n.op_type in ("Conv", "ConvTranspose")]
     known = {n.name for n in proto.graph.node}
@@ -120,7 +145,9 @@ def _excluded(proto: Any, options: Int8Options) -> list[str]:
         names.append(convs[0])
     if "last" in options.keep_fp32 and convs:
         names.append(convs[-1])
-    return names
+    if "decoder" in options.keep_fp32:
+        names += decoder_nodes(proto, num_classes)
+    return list(dict.fromkeys(names))
 
 
 def quantize_int8(proto: Any, card: ModelCard, options: Int8Options) -> tuple[Any, dict[str, Any]]:
@@ -148,7 +175,7 @@ def quantize_int8(proto: Any, card: ModelCard, options: Int8Options) -> tuple[An
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
     }[options.method]
-    excluded = _excluded(proto, options)
+    excluded = _excluded(proto, options, 1 if card.output_kind == "sigmoid" else card.num_classes)
     with tempfile.TemporaryDirectory(prefix="fcnx-int8-") as tmp:
         fp32_path = Path(tmp) / "fp32.onnx"
         with_card = onnx.ModelProto()

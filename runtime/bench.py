@@ -385,6 +385,10 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
 
 
 def _peak_for(row: BenchRow, ceiling: dict[str, Any]) -> float | None:
+    """The floating-point matmul ceiling of the row's device; INT8 rows have none (integer
+    dot products have another peak, so a percentage of the float one would mislead)."""
+    if row.precision == "int8":
+        return None
     part = ceiling.get("gpu" if row.backend in GPU_BACKENDS else "cpu") or {}
     value = part.get("peak_gflops")
     return float(value) if isinstance(value, (int, float)) else None

@@ -36,6 +36,7 @@ from .images import ImageError, read_image
 from .inputs import InputFile, collect_inputs
 from .load import BACKENDS, load
 from .manifest import Manifest, claim_folder, fingerprint, remove_stale_temp_files
+from .ort_backend import OrtOptions
 from .outputs import FORMATS, output_paths, write_outputs
 from .segmenter import FITS, Prepared, Segmenter
 
@@ -56,6 +57,14 @@ class PredictConfig:
     overwrite: bool = opt(False, "redo every output, also those of another model in OUT")
     fit: str = opt("auto", "fitting images to a fixed-size model: resize, or pad (letterbox)", choices=FITS)
     progress: bool = opt(True, "progress bar on the terminal")
+    threads: int | None = opt(None, "onnxruntime CPU threads (default: the usable cores)")
+    cuda_graph: bool = opt(False, "ort-cuda: replay a captured CUDA graph (fixed-batch exports only)")
+    trt_cache: str | None = opt(
+        None, "ort-trt: engine and timing cache folder (default: .trt-cache next to the ONNX)", metavar="DIR"
+    )
+
+    def ort_options(self) -> OrtOptions:
+        return OrtOptions(threads=self.threads, cuda_graph=self.cuda_graph, trt_cache=self.trt_cache)
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -148,7 +157,7 @@ def predict_folder(config: PredictConfig, backend: Backend | None = None) -> dic
     items = collect_inputs(config.inputs)
     out = Path(config.out)
     own_backend = backend is None
-    backend = backend or load(config.model, config.backend)
+    backend = backend or load(config.model, config.backend, config.ort_options())
     try:
         segmenter = Segmenter(backend, config.batch, config.fit)
         manifest = Manifest(str(config.model), fingerprint(config.model), segmenter.fit)

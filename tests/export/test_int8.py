@@ -13,7 +13,7 @@ import pytest
 
 from fcnx.export.engine import EngineBuildConfig, plan_build
 from fcnx.export.onnx_export import ExportError, OnnxExportConfig, export_onnx
-from fcnx.export.quantize import CalibrationError, Int8Options, calibration_batches
+from fcnx.export.quantize import CalibrationError, Int8Options, calibration_batches, decoder_nodes
 from fcnx.runtime.load import load
 
 
@@ -78,7 +78,7 @@ def test_calibration_folder_errors(tiny_run: Path, tmp_path: Path) -> None:
                                      calib=str(empty)))  # fmt: skip
     with pytest.raises(ExportError, match="needs --calib"):
         OnnxExportConfig(model="m", out="o.onnx", precision="int8")
-    with pytest.raises(CalibrationError, match="first and/or last"):
+    with pytest.raises(CalibrationError, match="first, last, decoder"):
         OnnxExportConfig(
             model="m", out="o.onnx", precision="int8", calib="c", keep_fp32="middle"
         ).int8_options()
@@ -109,3 +109,12 @@ def test_the_s8s8_export_plans_as_a_tensorrt_build(int8_export: Any, tmp_path: P
     out, _ = int8_export
     plan = plan_build(EngineBuildConfig(onnx=str(out), out=str(tmp_path / "m.engine"), batch="1:4:8"))
     assert plan.precision == "int8" and plan.input_shape == (64, 64, 1)
+
+
+def test_the_decoder_is_score_convs_transposed_convs_and_their_adds(tiny_onnx: Path) -> None:
+    graph = onnx.load(str(tiny_onnx)).graph
+    decoder = decoder_nodes(onnx.load(str(tiny_onnx)), 2)
+    ops = [n.op_type for n in graph.node if n.name in decoder]
+    assert ops.count("ConvTranspose") == 3 and ops.count("Conv") == 3 and ops.count("Add") == 2  # FCN-8s
+    first_conv = next(n for n in graph.node if n.op_type == "Conv")
+    assert first_conv.name not in decoder

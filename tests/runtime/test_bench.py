@@ -113,3 +113,21 @@ def test_cli_bench(tiny_onnx: Path, tmp_path: Path, capsys: Any) -> None:
     assert "img/s" in capsys.readouterr().out and (tmp_path / "bench.json").is_file()
     assert main(["bench", str(tiny_onnx), "--batch", "0", "--out", str(tmp_path)]) == 1
     assert "positive integers" in capsys.readouterr().err
+
+
+def test_keras_rows_get_the_same_networks_flops_and_int8_rows_no_float_peak() -> None:
+    from fcnx.runtime.bench import _peak_for, _same_network_flops
+
+    keras = BenchRow(model="run", backend="keras", batch=8, arch="fcn8s", precision="fp32", input="512x512x1",
+                     images_per_second=6.0)  # fmt: skip
+    onnx = BenchRow(model="m.onnx", backend="ort-cpu", batch=8, arch="fcn8s", precision="fp32", input="512x512x1",
+                    images_per_second=8.0, gflops_per_image=40.8)  # fmt: skip
+    int8 = BenchRow(model="q.onnx", backend="ort-cpu", batch=8, arch="fcn8s", precision="int8", input="512x512x1",
+                    images_per_second=14.0, gflops_per_image=40.8)  # fmt: skip
+    _same_network_flops([keras, onnx, int8])
+    assert keras.gflops_per_image == 40.8 and keras.gflops_per_second == pytest.approx(244.8)
+    ceiling = {"cpu": {"peak_gflops": 340.0}}
+    assert _peak_for(onnx, ceiling) == 340.0 and _peak_for(int8, ceiling) is None
+    assert (
+        _peak_for(BenchRow(model="e", backend="trt", batch=1, precision="fp16"), ceiling) is None
+    )  # no GPU peak
