@@ -162,28 +162,20 @@ class TrtBackend:
             if not self._context.set_tensor_address(tensor.name, slot.device_ptr[tensor.name]):
                 raise BackendError(f"{self.path}: TensorRT refused the buffer address for {tensor.name!r}")
         kinds = self._cuda.cudaMemcpyKind
-        self._call(
-            "cudaMemcpyAsync",
-            slot.device_ptr[source.name],
-            slot.host_ptr[source.name],
-            source.nbytes_for(rows),
-            kinds.cudaMemcpyHostToDevice,
-            self._stream,
-        )
+        self._copy(slot.device_ptr[source.name], slot.host_ptr[source.name], source.nbytes_for(rows),
+                   kinds.cudaMemcpyHostToDevice)  # fmt: skip
         if not self._context.execute_async_v3(int(self._stream)):
             raise BackendError(
                 f"{self.path}: TensorRT could not enqueue a batch of {rows} (see its log above)"
             )
         for tensor in self.plan.outputs:
-            self._call(
-                "cudaMemcpyAsync",
-                slot.host_ptr[tensor.name],
-                slot.device_ptr[tensor.name],
-                tensor.nbytes_for(rows),
-                kinds.cudaMemcpyDeviceToHost,
-                self._stream,
-            )
+            self._copy(slot.host_ptr[tensor.name], slot.device_ptr[tensor.name], tensor.nbytes_for(rows),
+                       kinds.cudaMemcpyDeviceToHost)  # fmt: skip
         self._call("cudaEventRecord", slot.event, self._stream)
+
+    def _copy(self, dst: int, src: int, nbytes: int, kind: Any) -> None:
+        """One asynchronous copy on the backend's stream (pinned host <-> device)."""
+        self._call("cudaMemcpyAsync", dst, src, nbytes, kind, self._stream)
 
     def _collect(self, slot: Slot) -> dict[str, np.ndarray]:
         """Wait for the slot's batch; copies of its outputs (the pinned buffers are reused)."""
