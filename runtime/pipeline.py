@@ -132,12 +132,12 @@ def _describe(exc: BaseException) -> str:
 
 
 class _Progress:
-    def __init__(self, total: int, initial: int, enabled: bool) -> None:
+    def __init__(self, total: int, enabled: bool) -> None:
         self.bar: Any = None
         if enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, unit="img", dynamic_ncols=True, disable=None)
+            self.bar = tqdm(total=total, unit="img", dynamic_ncols=True, disable=None)
 
     def update(self, failed: int) -> None:
         if self.bar is not None:
@@ -205,7 +205,10 @@ def _run(
     palette = segmenter.card.palette
     claimed: dict[str, str] = {}  # output path -> the input that got it (name collisions)
 
-    def todo() -> Iterator[tuple[InputFile, list[Path]]]:
+    def plan() -> list[tuple[InputFile, list[Path]]]:
+        """What to do, decided before the first image is read: name collisions are
+        failures, inputs whose outputs all exist (resume) are skipped."""
+        jobs = []
         for item in items:
             paths = output_paths(out, item.relative, config.format, config.overlay)
             first = str(paths[0])
@@ -214,13 +217,13 @@ def _run(
                 failures.record(
                     item.path, "output", f"same output {paths[0]} as {claimed[first]}; rename one"
                 )
-                progress.update(counts.failed)
                 continue
             claimed[first] = item.path
             if resume and all(p.is_file() for p in paths):
                 counts.skipped += 1
                 continue
-            yield item, paths
+            jobs.append((item, paths))
+        return jobs
 
     def read(job: tuple[InputFile, list[Path]]) -> _Decoded:
         item, paths = job
@@ -252,8 +255,9 @@ def _run(
                 assert d.prepared is not None
                 yield d, d.prepared
 
+    jobs = plan()
     window = max(2 * segmenter.batch_size, 4 * config.workers)
-    progress = _Progress(len(items), 0, config.progress)
+    progress = _Progress(len(jobs), config.progress)  # the bar's rate counts real work only
     started = time.perf_counter()
     interrupted = False
     try:
@@ -261,7 +265,7 @@ def _run(
             ThreadPoolExecutor(config.workers, thread_name_prefix="fcnx-read") as readers,
             ThreadPoolExecutor(config.workers, thread_name_prefix="fcnx-write") as writers,
         ):
-            decoded = _bounded_map(readers, read, todo(), window)
+            decoded = _bounded_map(readers, read, iter(jobs), window)
             inferred = ((d, outputs) for d, _, outputs in segmenter.stream(good(decoded)))
             for d, error in _bounded_map(writers, write, inferred, window):
                 if error:
