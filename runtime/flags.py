@@ -57,7 +57,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser | Any, cls: type) -> Non
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
             kwargs.pop("metavar", None)
-        if f.default is not None and base is not bool:
+        if f.default not in (None, ()) and base is not bool:
             help_text += f" (default: {f.default})"
         parser.add_argument(flag, help=help_text, **kwargs)
 
