@@ -65,12 +65,19 @@ def run_one(arch: str, data: Path, runs: Path, extra: list[str]) -> dict[str, ob
     }
 
 
+def _recipe(rows: list[dict]) -> str:
+    """The words 'default recipe', plus the flags a variant added to it."""
+    extra = {str(r["command"]).split(" --arch ")[1].partition(" ")[2] for r in rows}
+    extra.discard("")
+    return "default recipe" if not extra else "default recipe + `" + " ".join(sorted(extra)) + "`"
+
+
 def to_markdown(result: dict) -> str:
     m = result["machine"]
     lines = [
         f"Membrane EM data ({result['rows'][0]['train_images']} training, "
         f"{len(result['rows'][0]['val_images'])} validation images, whole 512×512 images, inference mode), "
-        f"default recipe, measured {result['date']} on {m['cpu']} ({m['cores']} cores), "
+        f"{_recipe(result['rows'])}, measured {result['date']} on {m['cpu']} ({m['cores']} cores), "
         f"TensorFlow {m['versions'].get('tensorflow', '?')}.",
         "",
         "| model | val mIoU | IoU membrane | IoU cell | pixel acc. | target | time |",
