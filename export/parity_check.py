@@ -9,9 +9,11 @@ from typing import Any
 import cv2
 import numpy as np
 
+from fcnx.runtime.backend import native_size
 from fcnx.runtime.card import ModelCard
 from fcnx.runtime.images import list_images, read_image, read_label
 from fcnx.runtime.ort_backend import BackendError, OrtBackend
+from fcnx.runtime.segmenter import Prepared, Segmenter
 from fcnx.train.evaluate import class_spec_from_card
 
 from .parity import ParityAccumulator, ParityRow, masks_from_probs
@@ -70,26 +72,12 @@ def keras_probs(model: Any, images: list[np.ndarray], batch_size: int = 4) -> np
 
 
 def run_backend(backend: OrtBackend, images: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """All images through the backend, in batches it accepts (a fixed batch is padded)."""
-    size = backend.max_batch or 8
-    collected: dict[str, list[np.ndarray]] = {}
-    for idx in _batches(len(images), size):
-        batch = np.stack([images[i] for i in idx])
-        if backend.max_batch and len(batch) < backend.max_batch:
-            pad = np.repeat(batch[-1:], backend.max_batch - len(batch), axis=0)
-            batch = np.concatenate([batch, pad])
-        for name, value in backend.infer(batch).items():
-            collected.setdefault(name, []).append(value[: len(idx)])
-    return {name: np.concatenate(parts) for name, parts in collected.items()}
-
-
-def _eval_size(backend: OrtBackend, card: ModelCard) -> tuple[int, int]:
-    h, w = backend.input_shape[1], backend.input_shape[2]
-    if h is not None and w is not None:
-        return h, w
-    if card.input_height and card.input_width:
-        return card.input_height, card.input_width
-    return DEFAULT_SIZE
+    """All images (already at the model's size) through the backend, batched by the
+    runtime's own Segmenter (a fixed batch is padded there); outputs in model space."""
+    segmenter = Segmenter(backend)
+    items = ((i, Prepared(image, image.shape[:2], image.shape[:2])) for i, image in enumerate(images))
+    results = [outputs for _, _, outputs in segmenter.stream(items, probs=segmenter.has_probs)]
+    return {name: np.stack([r[name] for r in results]) for name in results[0]}
 
 
 def check_against_keras(
@@ -116,7 +104,7 @@ def check_against_keras(
                 ParityRow(shown, "?", failures=["only .onnx artifacts can be compared on this machine"])
             )
             continue
-        size = _eval_size(backend, card)
+        size = native_size(backend, DEFAULT_SIZE)
         if size not in cache:
             images, truths, _ = parity_images(card, size, data, random_images)
             cache[size] = (images, truths, keras_probs(model, images))

@@ -51,6 +51,17 @@ def check_batch(
             )
 
 
+def native_size(backend: Backend, default: tuple[int, int]) -> tuple[int, int]:
+    """The (H, W) to feed a model when nothing else decides: its fixed input size, else the
+    size its card was deployed at, else ``default`` (a fully convolutional model takes any)."""
+    h, w = backend.input_hw
+    if h is not None and w is not None:
+        return h, w
+    if backend.card.input_height and backend.card.input_width:
+        return backend.card.input_height, backend.card.input_width
+    return default
+
+
 def infer_stream(backend: Backend, batches: Iterable[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
     """Run batches in order. A backend with its own ``infer_stream`` (TensorRT's double
     buffering: the next batch's copies overlap this one's compute) is used as such;

@@ -24,7 +24,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .backend import Backend, BackendError
+from .backend import Backend, BackendError, native_size
 from .card import ModelCard, reject_unknown_keys
 from .flags import opt
 from .images import list_images, read_image
@@ -124,15 +124,6 @@ def _gflops(card: ModelCard) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def _model_size(card: ModelCard, backend: Backend) -> tuple[int, int]:
-    h, w = backend.input_hw
-    if h is not None and w is not None:
-        return h, w
-    if card.input_height and card.input_width:
-        return card.input_height, card.input_width
-    return 512, 512
-
-
 def _data_images(folder: Path) -> list[Path]:
     images = folder / "image" if (folder / "image").is_dir() else folder
     found = list_images(images)
@@ -204,7 +195,7 @@ def _load_contenders(config: BenchConfig, rows: list[BenchRow]) -> list[Contende
                 rows.append(_status_row(model, name, 0, "unavailable", str(exc)))  # batch 0: all of them
                 continue
             card = backend.card
-            size = _model_size(card, backend)
+            size = native_size(backend, (512, 512))
             images = _source_images(config, card.input_channels, size, max(batches))
             runnable = {}
             for b in batches:
@@ -321,7 +312,7 @@ def run_pipeline_rows(config: BenchConfig, contenders: list[Contender]) -> list[
         for i, c in enumerate(contenders):
             if c.backend.name == "keras":
                 continue
-            size = _model_size(c.card, c.backend)
+            size = native_size(c.backend, (512, 512))
             folder = _pipeline_folder(
                 config, c.card.input_channels, size, 4 * max(config.batches()), tmp / f"images-{i}"
             )

@@ -72,7 +72,8 @@ def claim_folder(out: Path, manifest: Manifest, overwrite: bool) -> bool:
 
 
 def remove_stale_temp_files(out: Path) -> int:
-    """Delete the temp files (``.NAME.XXXX.tmp``) a killed run left behind; returns how many."""
+    """Delete the temp files a killed run left behind (``atomic_path`` names them
+    ``.NAME.<random>.tmp``); returns how many."""
     removed = 0
     for root, _, files in os.walk(out):
         for name in files:
