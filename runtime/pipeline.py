@@ -51,7 +51,9 @@ class PredictConfig:
     out: str = opt("", "output folder", cli=False)
     batch: int | None = opt(None, "images per inference batch (default: 8, or the model's fixed batch)")
     backend: str = opt("auto", "inference backend", choices=BACKENDS)
-    workers: int = opt(2, "threads reading/decoding and (as many) encoding/writing images")
+    workers: int = opt(
+        2, "threads reading/decoding and (as many) encoding/writing images; with --ray: model replicas"
+    )
     format: str = opt("png", "mask file format: palette PNG of class ids, or .npy", choices=FORMATS)
     overlay: bool = opt(False, "also write IMAGE.overlay.jpg: the image tinted by class")
     overwrite: bool = opt(False, "redo every output, also those of another model in OUT")
@@ -63,6 +65,17 @@ class PredictConfig:
         None, "ort-trt: engine and timing cache folder (default: .trt-cache next to the ONNX)", metavar="DIR"
     )
 
+    ray: bool = opt(False, 'run on Ray Data (pip install "fcnx[ray]"): a local cluster, or --address')
+    address: str | None = opt(
+        None,
+        "--ray: the cluster to join, e.g. ray://head:10001 or auto (default: start a local one)",
+        metavar="ADDR",
+    )
+    gpus_per_worker: float = opt(0.0, "--ray: GPUs per model replica (Ray actor)")
+    cpus_per_worker: float | None = opt(
+        None, "--ray: CPUs per model replica (default: a local cluster's cores / --workers, else 1)"
+    )
+
     def ort_options(self) -> OrtOptions:
         return OrtOptions(threads=self.threads, cuda_graph=self.cuda_graph, trt_cache=self.trt_cache)
 
@@ -71,6 +84,14 @@ class PredictConfig:
             raise ValueError(f"--workers must be at least 1, got {self.workers}")
         if self.batch is not None and self.batch < 1:
             raise ValueError(f"--batch must be at least 1, got {self.batch}")
+        if not self.ray:
+            given = [f for f in ("address", "cpus_per_worker") if getattr(self, f) is not None]
+            given += ["gpus_per_worker"] if self.gpus_per_worker else []
+            if given:
+                flags = ", ".join("--" + f.replace("_", "-") for f in given)
+                raise ValueError(f"{flags} only apply with --ray")
+        if self.gpus_per_worker < 0 or (self.cpus_per_worker is not None and self.cpus_per_worker <= 0):
+            raise ValueError("--gpus-per-worker must be >= 0 and --cpus-per-worker > 0")
 
 
 @dataclass
@@ -125,13 +146,13 @@ def _bounded_map(
         yield pending.popleft().result()
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
     if isinstance(exc, ImageError):
         return exc.reason
     return f"{type(exc).__name__}: {str(exc).strip()[:300]}"
 
 
-class _Progress:
+class Progress:
     def __init__(self, total: int, enabled: bool) -> None:
         self.bar: Any = None
         if enabled:
@@ -151,7 +172,14 @@ class _Progress:
 
 
 def predict_folder(config: PredictConfig, backend: Backend | None = None) -> dict[str, Any]:
-    """Run the whole job; returns the summary (also written to OUT/summary.json)."""
+    """Run the whole job; returns the summary (also written to OUT/summary.json).
+    With ``config.ray`` the same job runs on Ray Data (fcnx.runtime.ray)."""
+    if config.ray:
+        if backend is not None:
+            raise ValueError("with ray=True every Ray worker loads the model itself; pass no backend")
+        from .ray import predict_with_ray
+
+        return predict_with_ray(config)
     started = time.perf_counter()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     items = collect_inputs(config.inputs)
@@ -160,41 +188,99 @@ def predict_folder(config: PredictConfig, backend: Backend | None = None) -> dic
     backend = backend or load(config.model, config.backend, config.ort_options())
     try:
         segmenter = Segmenter(backend, config.batch, config.fit)
-        manifest = Manifest(str(config.model), fingerprint(config.model), segmenter.fit)
-        out.mkdir(parents=True, exist_ok=True)
-        resume = claim_folder(out, manifest, config.overwrite)
-        stale = remove_stale_temp_files(out)
+        manifest, resume, stale = open_output(config, segmenter.fit)
         counts, seconds, interrupted = _run(config, segmenter, items, out, resume)
     finally:
         if own_backend:
             backend.close()
-    summary = {
-        "counts": asdict(counts),
-        "seconds": round(seconds, 3),
-        "images_per_second": round(counts.written / seconds, 3) if seconds > 0 else None,
-        "interrupted": interrupted,
-        "out": str(out),
-        "model": str(config.model),
-        "model_sha256": manifest.model_sha256,
+    run = {
         "backend": backend.name,
         "provider": backend.provider,
         "backend_notes": list(getattr(backend, "notes", [])),
         "batch": segmenter.batch_size,
-        "workers": config.workers,
         "fit": segmenter.fit,
+    }
+    summary = build_summary(config, counts, seconds, interrupted, manifest, stale, started, started_at, run)
+    return finish(summary, out, interrupted)
+
+
+def open_output(config: PredictConfig, fit: str) -> tuple[Manifest, bool, int]:
+    """Create OUT, claim it for this model (resume: True when it already holds this
+    model's outputs), and remove temp files an interrupted run left."""
+    out = Path(config.out)
+    manifest = Manifest(str(config.model), fingerprint(config.model), fit)
+    out.mkdir(parents=True, exist_ok=True)
+    resume = claim_folder(out, manifest, config.overwrite)
+    return manifest, resume, remove_stale_temp_files(out)
+
+
+def build_summary(
+    config: PredictConfig,
+    counts: Counts,
+    seconds: float,
+    interrupted: bool,
+    manifest: Manifest,
+    stale: int,
+    started: float,
+    started_at: str,
+    run: dict[str, Any],
+) -> dict[str, Any]:
+    """summary.json. ``run`` is what the runner knows: backend, provider, backend_notes,
+    batch, fit (and for Ray, the cluster)."""
+    return {
+        "counts": asdict(counts),
+        "seconds": round(seconds, 3),
+        "images_per_second": round(counts.written / seconds, 3) if seconds > 0 else None,
+        "interrupted": interrupted,
+        "out": str(config.out),
+        "model": str(config.model),
+        "model_sha256": manifest.model_sha256,
+        **run,
+        "workers": config.workers,
         "format": config.format,
         "overlay": config.overlay,
         "stale_temp_files_removed": stale,
         "started_at": started_at,
         "wall_seconds": round(time.perf_counter() - started, 3),
         "versions": library_versions(
-            "fcnx", "numpy", "opencv-python-headless", "pillow", "onnxruntime", "onnxruntime-gpu", "tensorrt"
+            "fcnx", "numpy", "opencv-python-headless", "pillow", "onnxruntime", "onnxruntime-gpu", "tensorrt",
+            "ray",
         ),
-    }
+    }  # fmt: skip
+
+
+def finish(summary: dict[str, Any], out: Path, interrupted: bool) -> dict[str, Any]:
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     if interrupted:
         raise KeyboardInterrupt
     return summary
+
+
+def plan_jobs(
+    items: list[InputFile],
+    out: Path,
+    config: PredictConfig,
+    resume: bool,
+    counts: Counts,
+    failures: FailureLog,
+) -> list[tuple[InputFile, list[Path]]]:
+    """What to do, decided before the first image is read: name collisions are
+    failures, inputs whose outputs all exist (resume) are skipped."""
+    claimed: dict[str, str] = {}  # output path -> the input that got it
+    jobs = []
+    for item in items:
+        paths = output_paths(out, item.relative, config.format, config.overlay)
+        first = str(paths[0])
+        if first in claimed:
+            counts.failed += 1
+            failures.record(item.path, "output", f"same output {paths[0]} as {claimed[first]}; rename one")
+            continue
+        claimed[first] = item.path
+        if resume and all(p.is_file() for p in paths):
+            counts.skipped += 1
+            continue
+        jobs.append((item, paths))
+    return jobs
 
 
 def _run(
@@ -203,27 +289,6 @@ def _run(
     counts = Counts(total=len(items))
     failures = FailureLog(out)
     palette = segmenter.card.palette
-    claimed: dict[str, str] = {}  # output path -> the input that got it (name collisions)
-
-    def plan() -> list[tuple[InputFile, list[Path]]]:
-        """What to do, decided before the first image is read: name collisions are
-        failures, inputs whose outputs all exist (resume) are skipped."""
-        jobs = []
-        for item in items:
-            paths = output_paths(out, item.relative, config.format, config.overlay)
-            first = str(paths[0])
-            if first in claimed:
-                counts.failed += 1
-                failures.record(
-                    item.path, "output", f"same output {paths[0]} as {claimed[first]}; rename one"
-                )
-                continue
-            claimed[first] = item.path
-            if resume and all(p.is_file() for p in paths):
-                counts.skipped += 1
-                continue
-            jobs.append((item, paths))
-        return jobs
 
     def read(job: tuple[InputFile, list[Path]]) -> _Decoded:
         item, paths = job
@@ -233,7 +298,7 @@ def _run(
                 item, paths, segmenter.prepare(image, item.path), image if config.overlay else None
             )
         except Exception as exc:  # one bad file never stops the run
-            return _Decoded(item, paths, error=_describe(exc))
+            return _Decoded(item, paths, error=describe_error(exc))
 
     def write(job: tuple[_Decoded, dict[str, np.ndarray]]) -> tuple[_Decoded, str]:
         decoded, outputs = job
@@ -243,7 +308,7 @@ def _run(
             write_outputs(decoded.paths, mask, palette, decoded.image)
             return decoded, ""
         except Exception as exc:
-            return decoded, _describe(exc)
+            return decoded, describe_error(exc)
 
     def good(decoded: Iterator[_Decoded]) -> Iterator[tuple[_Decoded, Prepared]]:
         for d in decoded:
@@ -255,9 +320,9 @@ def _run(
                 assert d.prepared is not None
                 yield d, d.prepared
 
-    jobs = plan()
+    jobs = plan_jobs(items, out, config, resume, counts, failures)
     window = max(2 * segmenter.batch_size, 4 * config.workers)
-    progress = _Progress(len(jobs), config.progress)  # the bar's rate counts real work only
+    progress = Progress(len(jobs), config.progress)  # the bar's rate counts real work only
     started = time.perf_counter()
     interrupted = False
     try:

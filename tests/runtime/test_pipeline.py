@@ -3,10 +3,7 @@ and skipped without touching the good ones, runs resume, folders never mix model
 
 from __future__ import annotations
 
-import io
 import json
-import struct
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -20,53 +17,7 @@ from fcnx.runtime.load import load
 from fcnx.runtime.manifest import MANIFEST_NAME
 from fcnx.runtime.pipeline import EXIT_FAILURES, PredictConfig, predict_folder
 
-
-def _png(array: np.ndarray) -> bytes:
-    ok, data = cv2.imencode(".png", array)
-    assert ok
-    return data.tobytes()
-
-
-def _bomb() -> bytes:
-    """A valid small PNG whose header claims 20000 x 20000 pixels."""
-    data = bytearray(_png(np.zeros((8, 8), np.uint8)))
-    data[16:24] = struct.pack(">II", 20000, 20000)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-    return bytes(data)
-
-
-def _exif_rotated_jpeg(array: np.ndarray) -> bytes:
-    exif = Image.Exif()
-    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, "JPEG", exif=exif.tobytes(), quality=95)
-    return buffer.getvalue()
-
-
-def _good_files(folder: Path) -> dict[str, tuple[int, int]]:
-    """Good images of every kind -> the mask size each must get."""
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True)
-    (folder / "sub").mkdir()
-    grey = rng.integers(0, 256, (64, 64), np.uint8)
-    (folder / "grey.png").write_bytes(_png(grey))
-    (folder / "sub" / "odd.png").write_bytes(_png(rng.integers(0, 256, (45, 77), np.uint8)))
-    (folder / "deep16.png").write_bytes(_png(rng.integers(0, 65536, (64, 48), np.uint16)))
-    rgba = rng.integers(0, 256, (40, 64, 4), np.uint8)
-    (folder / "rgba.png").write_bytes(_png(rgba))
-    (folder / "photo.jpg").write_bytes(_exif_rotated_jpeg(rng.integers(0, 256, (32, 64, 3), np.uint8)))
-    return {"grey.png": (64, 64), "sub/odd.png": (45, 77), "deep16.png": (64, 48), "rgba.png": (40, 64),
-            "photo.jpg": (64, 32)}  # fmt: skip
-
-
-def _bad_files(folder: Path) -> dict[str, str]:
-    """Bad files -> a word their failure reason must contain."""
-    good = _png(np.zeros((64, 64), np.uint8))
-    (folder / "empty.png").write_bytes(b"")
-    (folder / "truncated.png").write_bytes(good[: len(good) // 2])
-    (folder / "notes.png").write_text("not an image at all\n")
-    (folder / "bomb.png").write_bytes(_bomb())
-    return {"empty.png": "empty", "truncated.png": "decodable", "notes.png": "decodable", "bomb.png": "limit"}
+from .image_files import bad_files, good_files, masks, png
 
 
 def _config(model: Path, inputs: list[Path], out: Path, **kw: Any) -> PredictConfig:
@@ -74,23 +25,19 @@ def _config(model: Path, inputs: list[Path], out: Path, **kw: Any) -> PredictCon
                          progress=False, **kw)  # fmt: skip
 
 
-def _masks(out: Path) -> dict[str, bytes]:
-    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.png"))}
-
-
 def test_bad_files_are_recorded_and_good_masks_match_a_clean_run(tiny_onnx: Path, tmp_path: Path) -> None:
-    sizes = _good_files(tmp_path / "clean")
+    sizes = good_files(tmp_path / "clean")
     clean = predict_folder(_config(tiny_onnx, [tmp_path / "clean"], tmp_path / "out_clean", batch=2))
     assert clean["counts"] == {"total": 5, "written": 5, "skipped": 0, "failed": 0}
 
-    _good_files(tmp_path / "mixed")
-    reasons = _bad_files(tmp_path / "mixed")
+    good_files(tmp_path / "mixed")
+    reasons = bad_files(tmp_path / "mixed")
     mixed = predict_folder(_config(tiny_onnx, [tmp_path / "mixed"], tmp_path / "out_mixed", batch=2))
     assert mixed["counts"] == {"total": 9, "written": 5, "skipped": 0, "failed": 4}
     assert mixed["backend"] == "ort-cpu" and mixed["provider"] == "CPUExecutionProvider"
 
-    good = _masks(tmp_path / "out_clean")
-    assert good == _masks(tmp_path / "out_mixed")  # byte-identical
+    good = masks(tmp_path / "out_clean")
+    assert good == masks(tmp_path / "out_mixed")  # byte-identical
     for rel, size in sizes.items():
         mask = np.array(Image.open(tmp_path / "out_clean" / Path(rel).with_suffix(".png")))
         assert mask.shape == size, rel
@@ -106,7 +53,7 @@ def test_bad_files_are_recorded_and_good_masks_match_a_clean_run(tiny_onnx: Path
 
 
 def test_palette_png_npy_and_overlay_outputs(tiny_onnx: Path, tmp_path: Path) -> None:
-    _good_files(tmp_path / "in")
+    good_files(tmp_path / "in")
     predict_folder(_config(tiny_onnx, [tmp_path / "in"], tmp_path / "png", overlay=True))
     mask = Image.open(tmp_path / "png" / "sub" / "odd.png")
     assert mask.mode == "P" and mask.getpalette()[:6] == [0, 0, 0, 255, 255, 255]
@@ -138,7 +85,7 @@ def test_an_interrupted_run_resumes_without_redoing_finished_files(tiny_onnx: Pa
     rng = np.random.default_rng(1)
     (tmp_path / "in").mkdir()
     for i in range(10):
-        (tmp_path / "in" / f"{i:02d}.png").write_bytes(_png(rng.integers(0, 256, (64, 64), np.uint8)))
+        (tmp_path / "in" / f"{i:02d}.png").write_bytes(png(rng.integers(0, 256, (64, 64), np.uint8)))
     out = tmp_path / "out"
     config = _config(tiny_onnx, [tmp_path / "in"], out, batch=2)
     with pytest.raises(KeyboardInterrupt):
@@ -157,7 +104,7 @@ def test_an_interrupted_run_resumes_without_redoing_finished_files(tiny_onnx: Pa
 
 
 def test_a_folder_never_mixes_models(tiny_onnx: Path, tiny_onnx_fixed: Path, tmp_path: Path) -> None:
-    _good_files(tmp_path / "in")
+    good_files(tmp_path / "in")
     out = tmp_path / "out"
     predict_folder(_config(tiny_onnx, [tmp_path / "in"], out))
     with pytest.raises(ValueError, match="holds outputs of another model"):
@@ -172,8 +119,8 @@ def test_a_folder_never_mixes_models(tiny_onnx: Path, tiny_onnx_fixed: Path, tmp
 
 
 def test_cli_exit_status_says_completed_with_failures(tiny_onnx: Path, tmp_path: Path, capsys: Any) -> None:
-    _good_files(tmp_path / "in")
-    (tmp_path / "in" / "grey.jpg").write_bytes(_png(np.zeros((64, 64), np.uint8)))  # same output as grey.png
+    good_files(tmp_path / "in")
+    (tmp_path / "in" / "grey.jpg").write_bytes(png(np.zeros((64, 64), np.uint8)))  # same output as grey.png
     code = main(
         ["predict", str(tiny_onnx), str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--no-progress"]
     )
@@ -188,7 +135,7 @@ def test_cli_exit_status_says_completed_with_failures(tiny_onnx: Path, tmp_path:
 
 
 def test_write_failures_are_recorded_per_file(tiny_onnx: Path, tmp_path: Path) -> None:
-    _good_files(tmp_path / "in")
+    good_files(tmp_path / "in")
     out = tmp_path / "out"
     predict_folder(_config(tiny_onnx, [tmp_path / "in" / "grey.png"], out))  # claims the folder
     (out / "rgba.png").mkdir()  # a folder where a mask must go

@@ -1,0 +1,365 @@
+"""Ray Data batch segmentation: ``fcnx predict --ray`` and its building blocks.
+
+::
+
+    file list -> read_images -----------> SegmentationPredictor -----------> write_masks --> driver
+                 (tasks: read, decode)    (actors: the model loaded once     (tasks: atomic     (counts,
+                                           each; prepare, infer, restore)     mask/overlay)      failures)
+
+The same reading, preparing, inference, restoring and writing code as a local
+``fcnx predict`` runs in every stage, so the outputs are byte-identical; only the
+scheduling is Ray's. Ray is imported only when a Ray function runs (``pip install
+"fcnx[ray]"``). On a multi-node cluster, the inputs, the model and OUT must be on a
+filesystem every node sees, and fcnx must be installed on every node.
+
+The stages are public, for your own Ray pipelines::
+
+    import ray
+    from fcnx.runtime.ray import SegmentationPredictor, read_images
+
+    ds = ray.data.from_items([{"path": p} for p in paths])
+    ds = ds.map_batches(read_images, fn_kwargs={"channels": 1}, batch_size=8)
+    ds = ds.map_batches(
+        SegmentationPredictor,
+        fn_constructor_kwargs={"model": "model.onnx"},
+        compute=ray.data.ActorPoolStrategy(size=2),
+        batch_size=8,
+        num_gpus=0,
+    )
+    for row in ds.iter_rows():  # row["path"], row["mask"] (uint8 class ids), row["error"]
+        ...
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .images import read_image
+from .inputs import collect_inputs
+from .load import load, model_kind
+from .ort_backend import OrtOptions, usable_cores
+from .outputs import output_paths, write_outputs
+from .pipeline import (
+    Counts,
+    FailureLog,
+    PredictConfig,
+    Progress,
+    build_summary,
+    describe_error,
+    finish,
+    open_output,
+    plan_jobs,
+)
+from .segmenter import Prepared, Segmenter
+
+__all__ = ["SegmentationPredictor", "predict_with_ray", "read_images", "write_masks"]
+
+READ_WRITE_CPUS = 0.5  # per read/write task: decoding and encoding are light next to inference
+
+
+def _objects(values: list[Any]) -> np.ndarray:
+    """A 1-D object array of arrays (np.array would try to stack same-shape ones)."""
+    column = np.empty(len(values), dtype=object)
+    column[:] = values
+    return column
+
+
+def _column(batch: dict[str, np.ndarray], name: str, default: str = "") -> list[str]:
+    n = len(next(iter(batch.values())))
+    return [str(v) for v in batch[name]] if name in batch else [default] * n
+
+
+def read_images(batch: dict[str, np.ndarray], channels: int) -> dict[str, np.ndarray]:
+    """Ray Data stage: ``path`` -> ``image`` (uint8 (H, W, C), C = ``channels``, EXIF
+    orientation applied, bomb-guarded), ``error`` ("" or why the file is unreadable)
+    and ``stage``. A bad file gets an empty image and its reason; the batch goes on."""
+    images, errors = [], []
+    for path in _column(batch, "path"):
+        try:
+            images.append(read_image(path, channels))
+            errors.append("")
+        except Exception as exc:  # one bad file never stops the run
+            images.append(np.zeros((0, 0, channels), np.uint8))
+            errors.append(describe_error(exc))
+    return {
+        **batch,
+        "image": _objects(images),
+        "error": np.array(errors),
+        "stage": np.array(["read"] * len(errors)),
+    }
+
+
+class SegmentationPredictor:
+    """Ray Data actor: loads the model once, then segments batches of ``image`` rows.
+
+    Adds ``mask`` (uint8 (H, W) class ids at each image's own size), ``error`` and
+    ``stage`` ("read" for an image that could not be prepared, like a local run), and
+    ``backend``; drops ``image`` unless ``keep_image``. Rows that arrive with an
+    ``error`` pass through with an empty mask. Arguments are those of
+    ``fcnx.runtime.load`` and ``Segmenter``.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        backend: str = "auto",
+        batch: int | None = None,
+        fit: str = "auto",
+        threads: int | None = None,
+        keep_image: bool = False,
+        ort_options: OrtOptions | None = None,
+    ) -> None:
+        options = ort_options or OrtOptions(threads=threads)
+        self.backend = load(model, backend, options)
+        self.segmenter = Segmenter(self.backend, batch, fit)
+        self.keep_image = keep_image
+        self.label = f"{self.backend.name} ({self.backend.provider})"
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        images = list(batch["image"])
+        errors = _column(batch, "error")
+        stages = _column(batch, "stage", "read")
+        masks: list[np.ndarray] = [np.zeros((0, 0), np.uint8)] * len(images)
+        paths = _column(batch, "path", "<array>")
+        prepared: list[tuple[int, Prepared]] = []
+        for i, image in enumerate(images):
+            if errors[i]:
+                continue
+            try:
+                prepared.append((i, self.segmenter.prepare(np.asarray(image), paths[i])))
+            except Exception as exc:
+                errors[i], stages[i] = describe_error(exc), "read"
+        prepared.sort(key=lambda item: (item[1].image.shape, item[0]))  # same shapes share batches
+        for i, p, outputs in self.segmenter.stream(prepared):
+            masks[i] = self.segmenter.restore(p, outputs).mask
+        out = {k: v for k, v in batch.items() if k != "image" or self.keep_image}
+        out.update(
+            mask=_objects(masks),
+            error=np.array(errors),
+            stage=np.array(stages),
+            backend=np.array([self.label] * len(images)),
+        )
+        return out
+
+
+def write_masks(
+    batch: dict[str, np.ndarray],
+    out: str,
+    format: str,
+    overlay: bool,
+    palette: tuple[tuple[int, int, int], ...],
+) -> dict[str, np.ndarray]:
+    """Ray Data stage: write each row's ``mask`` (and overlay of its ``image``) under
+    ``out`` at its ``relative`` path, atomically. Returns status rows only: ``path``,
+    ``error``, ``stage``, ``backend``, so no pixels travel back to the driver."""
+    errors = _column(batch, "error")
+    stages = _column(batch, "stage", "read")
+    paths = _column(batch, "path")
+    for i, relative in enumerate(_column(batch, "relative")):
+        if errors[i]:
+            continue
+        try:
+            image = batch["image"][i] if overlay else None
+            write_outputs(
+                output_paths(Path(out), relative, format, overlay), batch["mask"][i], palette, image
+            )
+        except Exception as exc:
+            errors[i], stages[i] = describe_error(exc), "write"
+    return {
+        "path": np.array(paths),
+        "error": np.array(errors),
+        "stage": np.array(stages),
+        "backend": np.array(_column(batch, "backend")),
+    }
+
+
+# -- fcnx predict --ray -------------------------------------------------------------------------------------
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+        import ray.data
+    except ModuleNotFoundError:
+        from .cli import CommandError
+
+        raise CommandError(
+            '--ray needs Ray Data, which is not installed: pip install "fcnx[ray]"', 2
+        ) from None
+    return ray
+
+
+def _cpus_per_worker(config: PredictConfig, cluster_cpus: float, started_here: bool) -> float:
+    """CPUs each model replica reserves (and its onnxruntime threads). A local cluster
+    fcnx started shares this machine's cores among the replicas; on a cluster we joined,
+    each takes one CPU or its share, leaving one CPU for the read and write tasks."""
+    if config.cpus_per_worker is not None:
+        return config.cpus_per_worker
+    if started_here and config.address is None:
+        return max(1.0, usable_cores() / config.workers)
+    return min(1.0, max(0.25, (cluster_cpus - 2 * READ_WRITE_CPUS) / config.workers))
+
+
+def _check_fits(config: PredictConfig, cpus: float, cluster: dict[str, float]) -> None:
+    """Ray would wait forever for resources a cluster does not have: say so instead."""
+    need_cpus = config.workers * cpus + 2 * READ_WRITE_CPUS
+    if need_cpus > cluster.get("CPU", 0.0) + 1e-9:
+        raise ValueError(
+            f"--workers {config.workers} x {cpus:g} CPUs (+ {2 * READ_WRITE_CPUS:g} for reading and writing) "
+            f"needs {need_cpus:g} CPUs; the Ray cluster has {cluster.get('CPU', 0.0):g}: lower --workers or "
+            "--cpus-per-worker"
+        )
+    need_gpus = config.workers * config.gpus_per_worker
+    if need_gpus > cluster.get("GPU", 0.0) + 1e-9:
+        raise ValueError(
+            f"--workers {config.workers} x --gpus-per-worker {config.gpus_per_worker:g} needs {need_gpus:g} "
+            f"GPUs; the Ray cluster has {cluster.get('GPU', 0.0):g}"
+        )
+
+
+def _start(ray: Any, config: PredictConfig) -> bool:
+    """Join ``--address`` or start a local cluster (unless one is already up in this
+    process, as in tests or a notebook). Returns True when this call started Ray."""
+    if ray.is_initialized():
+        return False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
+    if config.address is None:
+        # Ray's CPU count is for scheduling: room for every replica plus one read and one write task.
+        cpus = config.cpus_per_worker or max(1.0, usable_cores() / config.workers)
+        kwargs["num_cpus"] = int(np.ceil(config.workers * cpus + 2 * READ_WRITE_CPUS))
+    else:
+        kwargs["address"] = config.address
+    ray.init(**kwargs)
+    return True
+
+
+def predict_with_ray(config: PredictConfig) -> dict[str, Any]:
+    """``fcnx predict --ray``: the job of ``predict_folder`` on a Ray Data pipeline, with
+    the same outputs, ``failures.jsonl``, resume and ``summary.json``."""
+    ray = import_ray()
+    started = time.perf_counter()
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    items = collect_inputs(config.inputs)
+    out = Path(config.out)
+    # The driver checks the model and the flags before any cluster work. An ONNX is
+    # checked on the CPU provider, so the driver needs no GPU; the workers load their own.
+    check_backend = "ort-cpu" if model_kind(config.model) == "onnx" else config.backend
+    backend = load(config.model, check_backend, OrtOptions(threads=1))
+    try:
+        segmenter = Segmenter(backend, config.batch, config.fit)
+        card = backend.card
+    finally:
+        backend.close()
+    manifest, resume, stale = open_output(config, segmenter.fit)
+    cpus = 0.0
+    counts = Counts(total=len(items))
+    failures = FailureLog(out)
+    jobs = plan_jobs(items, out, config, resume, counts, failures)
+    progress = Progress(len(jobs), config.progress)
+    labels: set[str] = set()
+    cluster: dict[str, Any] = {}
+    run_started = time.perf_counter()
+    interrupted = False
+    started_ray = False
+    first_row = 0.0
+    try:
+        if jobs:
+            started_ray = _start(ray, config)
+            cluster = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "memory")}
+            cpus = _cpus_per_worker(config, cluster.get("CPU", 0.0), started_ray)
+            _check_fits(config, cpus, cluster)
+            ray.data.DataContext.get_current().enable_progress_bars = False  # fcnx shows its own
+            logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "bars disabled"
+            # Workers get absolute paths (their working folder is not ours); reports keep the user's.
+            shown = {str(Path(item.path).resolve()): item.path for item, _ in jobs}
+            rows = [{"path": str(Path(item.path).resolve()), "relative": item.relative} for item, _ in jobs]
+            dataset = _dataset(ray, rows, config, segmenter, card.input_channels, card.palette, cpus)
+            for row in dataset.iter_rows():
+                first_row = first_row or time.perf_counter()
+                if row["error"]:
+                    counts.failed += 1
+                    failures.record(shown.get(row["path"], row["path"]), row["stage"], row["error"])
+                else:
+                    counts.written += 1
+                if row["backend"]:
+                    labels.add(row["backend"])
+                progress.update(counts.failed)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        progress.close()
+        failures.close()
+        if started_ray:
+            ray.shutdown()
+    seconds = time.perf_counter() - run_started
+    run = {
+        "backend": "ray",
+        "provider": ", ".join(sorted(labels)) or "-",
+        "backend_notes": [],
+        "batch": segmenter.batch_size,
+        "fit": segmenter.fit,
+        "ray": {
+            "address": config.address or "local",
+            "cluster_resources": cluster,
+            "replicas": config.workers,
+            "cpus_per_replica": cpus,
+            "gpus_per_replica": config.gpus_per_worker,
+            "version": ray.__version__,
+            # cluster start, actors up and models loaded, first batch through: Ray's fixed cost
+            "seconds_to_first_result": round(first_row - run_started, 3) if first_row else None,
+        },
+    }
+    summary = build_summary(config, counts, seconds, interrupted, manifest, stale, started, started_at, run)
+    return finish(summary, out, interrupted)
+
+
+def _dataset(
+    ray: Any,
+    rows: list[dict[str, str]],
+    config: PredictConfig,
+    segmenter: Segmenter,
+    channels: int,
+    palette: tuple[tuple[int, int, int], ...],
+    cpus: float,
+) -> Any:
+    batch = segmenter.batch_size
+    dataset = ray.data.from_items(rows)
+    dataset = dataset.map_batches(
+        read_images, fn_kwargs={"channels": channels}, batch_size=batch, num_cpus=READ_WRITE_CPUS
+    )
+    options = OrtOptions(
+        threads=config.threads or max(1, int(cpus)), cuda_graph=config.cuda_graph, trt_cache=config.trt_cache
+    )
+    dataset = dataset.map_batches(
+        SegmentationPredictor,
+        fn_constructor_kwargs={
+            "model": str(Path(config.model).resolve()),
+            "backend": config.backend,
+            "batch": segmenter.batch_size,
+            "fit": segmenter.fit,
+            "keep_image": config.overlay,
+            "ort_options": options,
+        },
+        compute=ray.data.ActorPoolStrategy(size=config.workers),
+        batch_size=batch,
+        num_cpus=cpus,
+        num_gpus=config.gpus_per_worker,
+    )
+    return dataset.map_batches(
+        write_masks,
+        fn_kwargs={
+            "out": str(Path(config.out).resolve()),
+            "format": config.format,
+            "overlay": config.overlay,
+            "palette": palette,
+        },
+        batch_size=batch,
+        num_cpus=READ_WRITE_CPUS,
+    )
