@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str | None, str]] = {
     "export": (
         "fcnx.export.commands.export",
         "export",
-        "Keras -> ONNX (FP32/FP16, parity-checked) -> TensorRT engine",
+        "Keras -> ONNX (FP32/FP16/INT8, parity-checked) -> TensorRT engine -> Triton repository",
     ),
     "parity": ("fcnx.export.commands.parity", "export", "compare exported artifacts with the Keras model"),
     "predict": (

@@ -1,4 +1,5 @@
-"""fcnx export {onnx,engine}: Keras -> ONNX (FP32/FP16, parity-checked) -> TensorRT engine."""
+"""fcnx export {onnx,engine,triton}: Keras -> ONNX (FP32/FP16/INT8, parity-checked) -> TensorRT engine
+-> Triton Inference Server model repository."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 
 from fcnx.export.engine import EngineBuildConfig
 from fcnx.export.onnx_export import OnnxExportConfig
+from fcnx.export.triton import TritonRepoConfig
 from fcnx.runtime.flags import add_dataclass_flags, dataclass_from_args
 
 
@@ -30,6 +32,17 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     engine.add_argument("onnx", help="an ONNX file exported by fcnx export onnx")
     engine.add_argument("-o", "--out", required=True, help="the engine file to write")
     add_dataclass_flags(engine, EngineBuildConfig)
+    triton = sub.add_parser(
+        "triton",
+        help="fcnx ONNX or TensorRT engine -> Triton Inference Server model repository",
+        description="Write REPO/NAME/config.pbtxt (inputs, outputs and dims from the model, dynamic "
+        "batching, instances; ONNX: a TensorRT accelerator), REPO/NAME/1/model.onnx or model.plan and "
+        'the model card, atomically. Needs tritonclient (pip install "fcnx[triton]").',
+    )
+    triton.add_argument("model", help="an ONNX file from fcnx export onnx, or an engine with its sidecar")
+    triton.add_argument("-o", "--out", required=True, metavar="REPO", help="the model repository folder")
+    triton.add_argument("--name", required=True, help="the model's name in Triton (the folder REPO/NAME)")
+    add_dataclass_flags(triton, TritonRepoConfig)
     return parser
 
 
@@ -53,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
         )
         return 0
 
+    if args.format == "triton":
+        return _run_triton(args)
+
     from fcnx.export.engine import TensorRTUnavailable, build_engine
 
     config = dataclass_from_args(EngineBuildConfig, args, onnx=args.onnx, out=args.out)
@@ -61,4 +77,29 @@ def run(args: argparse.Namespace) -> int:
     except TensorRTUnavailable as exc:
         raise CommandError(str(exc), 2) from None
     print(f"wrote {result['path']} and {result['sidecar']} in {result['seconds']:.0f} s on {result['gpu']}")
+    return 0
+
+
+def _run_triton(args: argparse.Namespace) -> int:
+    from fcnx.export.triton import TritonClientUnavailable, write_repository
+    from fcnx.runtime.cli import CommandError
+
+    config = dataclass_from_args(TritonRepoConfig, args, model=args.model, repo=args.out, name=args.name)
+    try:
+        result = write_repository(config)
+    except TritonClientUnavailable as exc:
+        raise CommandError(str(exc), 2) from None
+    print(f"wrote {result['path']}:")
+    for path in result["files"]:
+        print(f"  {path}")
+    for line in result["summary"]:
+        print(line)
+    if result["note"]:
+        print(f"note: {result['note']}")
+    if result["tensorrt_version"]:
+        print(
+            f"model.plan needs TensorRT {result['tensorrt_version']} and a GPU of compute capability "
+            f"{result['compute_capability']} (built on {result['gpu_name']}): serve it with a Triton container "
+            "whose TensorRT is that version (NVIDIA's support matrix lists it per release)"
+        )
     return 0

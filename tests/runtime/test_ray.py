@@ -82,7 +82,9 @@ def test_a_ray_rerun_resumes_and_redoes_only_what_is_missing(
     assert nothing_left["counts"]["skipped"] == 5 and nothing_left["provider"] == "-"
 
 
-def test_segmentation_predictor_in_a_users_own_pipeline(cluster: None, tiny_onnx: Path, tmp_path: Path) -> None:
+def test_segmentation_predictor_in_a_users_own_pipeline(
+    cluster: None, tiny_onnx: Path, tmp_path: Path
+) -> None:
     from fcnx.runtime.ray import SegmentationPredictor, read_images
 
     good_files(tmp_path / "in")
