@@ -49,8 +49,23 @@ def mask_bytes(out: Path) -> dict[str, bytes]:
     return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.png"))}
 
 
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
+
+
+def steady_rate(row: dict) -> float | None:
+    """Images/s after the first batch came back (Ray's start-up excluded), median over runs."""
+    rates = []
+    for summary in row["summaries"]:
+        first = summary.get("ray", {}).get("seconds_to_first_result")
+        if first is None:
+            return None
+        rates.append((summary["counts"]["written"] - summary["batch"]) / (summary["seconds"] - first))
+    return statistics.median(rates)
 
 
 def to_markdown(doc: dict) -> str:
@@ -63,14 +78,14 @@ def to_markdown(doc: dict) -> str:
         f"{m['cpu']} ({m['cores']} cores), Ray {rows[-1].get('ray_version', '?')}.",
         "",
         "| run | replicas × threads | end-to-end s | images/s end to end | × local | job images/s | "
-        "first result s | masks identical to local |",
-        "|---|---|---|---|---|---|---|---|",
+        "first result s | images/s after it | masks identical to local |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['run']} | {r['replicas']} × {r['threads']} | {r['process_seconds']:.1f} | "
             f"{r['images_per_second_end_to_end']:.2f} | {r['vs_local']:.2f} | {r['job_images_per_second']:.2f} | "
-            f"{_seconds(r['first_result_seconds'])} | "
+            f"{_seconds(r['first_result_seconds'])} | {_rate(steady_rate(r))} | "
             f"{r['identical']} |"
         )
     lines += [
@@ -78,7 +93,7 @@ def to_markdown(doc: dict) -> str:
         "End to end: the whole process (Python start, imports, model load; for Ray also starting "
         "the local cluster and its actors). Job: from the start of the job to the last mask written "
         "(for Ray this includes the cluster start; `first result` is how long until the first batch "
-        "came back).",
+        "came back, and `images/s after it` the rate from then on).",
         "",
     ]
     return "\n".join(lines)
