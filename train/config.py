@@ -19,6 +19,7 @@ WIDTHS = {
 }
 CONVS_PER_BLOCK = (2, 2, 3, 3, 3)
 ENCODER_STRIDE = 32
+PRECISIONS = ("auto", "float32", "mixed_bfloat16")
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,13 @@ class TrainConfig:
     schedule: str = opt("cosine", "learning-rate schedule", choices=("cosine", "constant"))
     dice_weight: float = opt(1.0, "weight of the soft Dice loss added to cross-entropy (0: off)")
     class_weights: tuple[float, ...] | None = opt(None, "cross-entropy weight per class, e.g. 2 1")
+    precision: str = opt(
+        "auto",
+        "training compute: float32, or mixed_bfloat16 (bfloat16 convolutions, float32 weights; "
+        "~1.6x faster on CPUs with AMX); auto: mixed_bfloat16 where the CPU has AMX-BF16 and no GPU "
+        "is used, else float32. Saved models are float32 either way",
+        choices=PRECISIONS,
+    )
     seed: int = opt(0, "seed for the split, initialization, crops and augmentation")
     resume: bool = opt(False, "continue an interrupted run in OUT at the epoch it reached")
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -159,6 +167,8 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.channels not in (None, 1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.dice_weight < 0:
             raise ValueError(f"dice_weight must be >= 0, got {self.dice_weight}")
 

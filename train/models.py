@@ -50,8 +50,21 @@ def _upsample(x: Any, channels: int, factor: int, name: str) -> Any:
     )(x)
 
 
-def build_fcn(config: ModelConfig) -> keras.Model:
-    """Build an FCN; it runs on any input whose sides are multiples of 32."""
+def build_fcn(config: ModelConfig, precision: str = "float32") -> keras.Model:
+    """Build an FCN; it runs on any input whose sides are multiples of 32.
+
+    ``precision="mixed_bfloat16"`` builds it for mixed-precision training (bfloat16
+    compute, float32 weights, float32 probabilities); saved models are float32
+    (fit.py saves a float32 twin), so deployment never sees bfloat16."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)  # layers take the policy in force when built
+    try:
+        return _build_fcn(config)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _build_fcn(config: ModelConfig) -> keras.Model:
     c = config
     n_out = c.output_channels
     score_activation = None if c.linear_scores else "relu"
