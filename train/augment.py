@@ -2,7 +2,10 @@
 
 All geometric changes (the write-up's rotation, shifts, shear, zoom and flips) are
 composed into one affine matrix and applied by one resampling: bilinear for the image,
-nearest for the mask, mirrored borders for both. One resampling means no extra blur,
+nearest for the mask, mirrored borders for both. With ``elastic`` (the U-Net paper's
+augmentation for EM images), a smooth random displacement field (random shifts on a
+coarse grid, bicubically interpolated) is added to the output coordinates before the
+affine map: still one resampling. One resampling means no extra blur,
 and the same matrix for both means the mask can never drift from its image.
 Brightness and contrast touch the image only. Randomness is stateless, seeded per
 sample, so a run is reproducible.
@@ -14,9 +17,9 @@ import math
 
 import tensorflow as tf
 
-from .config import AugmentConfig
+from .config import NO_AUGMENTATION, AugmentConfig
 
-NO_AUGMENTATION = AugmentConfig(0, 0, 0, 0, 0, False, False, 0, 0)
+__all__ = ["NO_AUGMENTATION", "affine_matrix", "augment_pair", "random_crop_pair"]
 
 
 def _uniform(seed: tf.Tensor, index: int, low: float, high: float) -> tf.Tensor:
@@ -64,6 +67,52 @@ def _warp(image: tf.Tensor, matrix: tf.Tensor, interpolation: str) -> tf.Tensor:
     return out[0]
 
 
+def elastic_field(config: AugmentConfig, height: tf.Tensor, width: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """(H, W, 2) smooth random (dx, dy) in pixels: normal shifts of std ``elastic`` on an
+    ``elastic_grid`` x ``elastic_grid`` grid, bicubically interpolated."""
+    sub = tf.stack([seed[0], seed[1] * 16 + 10])
+    grid = config.elastic_grid
+    coarse = tf.random.stateless_normal([1, grid, grid, 2], sub, stddev=config.elastic)
+    return tf.image.resize(coarse, tf.stack([height, width]), method="bicubic")[0]
+
+
+def _mirror(index: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
+    """Integer indices folded into [0, size) by mirroring at the edges (d c b a | a b c d)."""
+    period = 2 * size
+    index = tf.math.floormod(index, period)
+    return tf.where(index >= size, period - 1 - index, index)
+
+
+def _remap(image: tf.Tensor, x: tf.Tensor, y: tf.Tensor, nearest: bool) -> tf.Tensor:
+    """Sample image (H, W, C) at float pixel coordinates x, y (H, W): bilinear or nearest."""
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+
+    def at(yi: tf.Tensor, xi: tf.Tensor) -> tf.Tensor:
+        return tf.gather_nd(image, tf.stack([_mirror(yi, h), _mirror(xi, w)], axis=-1))
+
+    if nearest:
+        return at(tf.cast(tf.round(y), tf.int32), tf.cast(tf.round(x), tf.int32))
+    x0, y0 = tf.floor(x), tf.floor(y)
+    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
+    x0, y0 = tf.cast(x0, tf.int32), tf.cast(y0, tf.int32)
+    pixels = [tf.cast(at(y0 + dy, x0 + dx), tf.float32) for dy in (0, 1) for dx in (0, 1)]
+    top = pixels[0] * (1 - fx) + pixels[1] * fx
+    bottom = pixels[2] * (1 - fx) + pixels[3] * fx
+    out = top * (1 - fy) + bottom * fy
+    return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), image.dtype)
+
+
+def _warp_elastic(
+    image: tf.Tensor, mask: tf.Tensor, matrix: tf.Tensor, field: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    ys, xs = tf.meshgrid(tf.range(h, dtype=tf.float32), tf.range(w, dtype=tf.float32), indexing="ij")
+    xo, yo = xs + field[..., 0], ys + field[..., 1]
+    x = matrix[0] * xo + matrix[1] * yo + matrix[2]
+    y = matrix[3] * xo + matrix[4] * yo + matrix[5]
+    return _remap(image, x, y, nearest=False), _remap(mask, x, y, nearest=True)
+
+
 def augment_pair(
     image: tf.Tensor, mask: tf.Tensor, config: AugmentConfig, seed: tf.Tensor
 ) -> tuple[tf.Tensor, tf.Tensor]:
@@ -71,8 +120,12 @@ def augment_pair(
     seed = tf.cast(seed, tf.int64)
     shape = tf.shape(image)
     matrix = affine_matrix(config, shape[0], shape[1], seed)
-    image = _warp(image, matrix, "BILINEAR")
-    mask = _warp(mask, matrix, "NEAREST")
+    if config.elastic > 0:
+        field = elastic_field(config, shape[0], shape[1], seed)
+        image, mask = _warp_elastic(image, mask, matrix, field)
+    else:
+        image = _warp(image, matrix, "BILINEAR")
+        mask = _warp(mask, matrix, "NEAREST")
     if config.brightness or config.contrast:
         x = tf.cast(image, tf.float32)
         factor = _uniform(seed, 7, 1.0 - config.contrast, 1.0 + config.contrast)

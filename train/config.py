@@ -105,6 +105,10 @@ class AugmentConfig:
     vflip: bool = opt(True, "random vertical flips")
     brightness: float = opt(0.1, "max brightness shift, fraction of 255 (image only)")
     contrast: float = opt(0.1, "contrast factor in [1 - c, 1 + c] (image only)")
+    elastic: float = opt(
+        0.0, "elastic deformation (U-Net's EM augmentation): std in pixels of random shifts on a coarse grid"
+    )
+    elastic_grid: int = opt(3, "control points per side of the elastic deformation's grid")
 
     def __post_init__(self) -> None:
         for name in ("width_shift", "height_shift", "zoom", "brightness", "contrast"):
@@ -115,12 +119,16 @@ class AugmentConfig:
             raise ValueError(f"rotation must be in [0, 180] degrees, got {self.rotation}")
         if not 0.0 <= self.shear < 90.0:
             raise ValueError(f"shear must be in [0, 90) degrees, got {self.shear}")
+        if self.elastic < 0 or self.elastic_grid < 2:
+            raise ValueError(
+                f"elastic must be >= 0 and elastic_grid >= 2, got {self.elastic}, {self.elastic_grid}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-NO_AUGMENTATION = AugmentConfig(0.0, 0.0, 0.0, 0.0, 0.0, False, False, 0.0, 0.0)
+NO_AUGMENTATION = AugmentConfig(0.0, 0.0, 0.0, 0.0, 0.0, False, False, 0.0, 0.0, elastic=0.0)
 
 
 @dataclass(frozen=True)
@@ -146,9 +154,9 @@ class TrainConfig:
     dice_weight: float = opt(1.0, "weight of the soft Dice loss added to cross-entropy (0: off)")
     class_weights: tuple[float, ...] | None = opt(None, "cross-entropy weight per class, e.g. 2 1")
     precision: str = opt(
-        "auto",
+        "float32",
         "training compute: float32, or mixed_bfloat16 (bfloat16 convolutions, float32 weights; "
-        "~1.6x faster on CPUs with AMX); auto: mixed_bfloat16 where the CPU has AMX-BF16 and no GPU "
+        "~1.4x faster epochs on CPUs with AMX); auto: mixed_bfloat16 where the CPU has AMX-BF16 and no GPU "
         "is used, else float32. Saved models are float32 either way",
         choices=PRECISIONS,
     )

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -21,12 +23,12 @@ GEOMETRIC = AugmentConfig(
 )
 
 
+@pytest.mark.parametrize("elastic", [0.0, 6.0])
 @pytest.mark.parametrize("seed", range(6))
-def test_image_and_mask_stay_aligned(seed: int) -> None:
+def test_image_and_mask_stay_aligned(seed: int, elastic: float) -> None:
     image, mask = _blocks()
-    out_image, out_mask = augment_pair(
-        tf.constant(image), tf.constant(mask), GEOMETRIC, tf.constant([7, seed])
-    )
+    config = dataclasses.replace(GEOMETRIC, elastic=elastic)
+    out_image, out_mask = augment_pair(tf.constant(image), tf.constant(mask), config, tf.constant([7, seed]))
     out_image, out_mask = out_image.numpy(), out_mask.numpy()
     assert out_image.dtype == np.uint8 and out_mask.dtype == np.uint8
     assert set(np.unique(out_mask)) <= {0, 1, 2}  # nearest: no new class values
@@ -99,8 +101,34 @@ def test_random_crop_takes_the_same_window() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(zoom=1.0), dict(rotation=200), dict(shear=90), dict(brightness=-0.1)]
+    "kwargs",
+    [
+        dict(zoom=1.0),
+        dict(rotation=200),
+        dict(shear=90),
+        dict(brightness=-0.1),
+        dict(elastic=-1),
+        dict(elastic_grid=1),
+    ],
 )
 def test_bad_augment_config(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         AugmentConfig(**kwargs)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_elastic_shares_the_affine_map_and_adds_a_smooth_field(seed: int) -> None:
+    image, mask = _blocks()
+    affine = augment_pair(tf.constant(image), tf.constant(mask), GEOMETRIC, tf.constant([7, seed]))
+    tiny = dataclasses.replace(GEOMETRIC, elastic=1e-4)
+    same = augment_pair(tf.constant(image), tf.constant(mask), tiny, tf.constant([7, seed]))
+    assert np.array_equal(affine[1].numpy(), same[1].numpy())  # same coordinate convention
+    assert np.abs(affine[0].numpy().astype(int) - same[0].numpy()).max() <= 1
+    bent = augment_pair(
+        tf.constant(image),
+        tf.constant(mask),
+        dataclasses.replace(GEOMETRIC, elastic=6.0),
+        tf.constant([7, seed]),
+    )
+    changed = (bent[1].numpy() != affine[1].numpy()).mean()
+    assert 0.01 < changed < 0.3  # moved near the class borders, not scrambled

@@ -166,3 +166,39 @@ def test_predict_masks_batches_mixed_sizes_and_crops_back(tiny_run: Path) -> Non
     assert [m.shape for m in masks] == [(64, 64), (64, 64), (50, 70), (64, 64)]
     alone = predict_masks(model, [images[2]], "softmax")[0]
     assert np.array_equal(masks[2], alone)  # batching does not change a result
+
+
+def test_mixed_bfloat16_training_saves_float32_models(synthetic_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bf16"
+    config = TrainConfig(
+        data=str(synthetic_data),
+        out=str(out),
+        epochs=2,
+        steps_per_epoch=4,
+        crop=64,
+        precision="mixed_bfloat16",
+    )
+    summary = train(config, verbose=0)
+    assert summary["precision"] == "mixed_bfloat16"
+    assert ModelCard.read(out / "card.json").training["precision"] == "mixed_bfloat16"
+    assert json.loads((out / "config.json").read_text())["precision"] == "mixed_bfloat16"
+    for name in ("best.keras", "last.keras"):
+        model = load_keras_model(out / name)
+        assert {layer.dtype_policy.name for layer in model.layers if layer.weights} == {"float32"}, name
+    # the float32 twin holds the trained state: batch-norm statistics moved off their
+    # initial zeros, and whole-image metrics close to the mixed model's during training
+    bn = load_keras_model(out / "last.keras").get_layer("block1_conv1_bn")
+    assert np.abs(bn.moving_mean.numpy()).max() > 0
+    best_val = max(float(r["val_miou"]) for r in _history(out))
+    assert abs(ModelCard.read(out / "card.json").training["val_metrics"]["miou"] - best_val) < 0.02
+
+
+def test_auto_precision_is_bfloat16_only_on_cpus_with_amx(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fcnx.train import fit
+
+    assert fit.training_precision("float32") == "float32"
+    assert fit.training_precision("mixed_bfloat16") == "mixed_bfloat16"
+    monkeypatch.setattr(fit, "_cpu_flags", lambda: {"avx512f", "amx_bf16", "amx_tile"})
+    assert fit.training_precision("auto") == "mixed_bfloat16"
+    monkeypatch.setattr(fit, "_cpu_flags", lambda: {"avx2", "fma"})
+    assert fit.training_precision("auto") == "float32"
