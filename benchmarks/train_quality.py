@@ -12,6 +12,7 @@ Writes ``benchmarks/results/train_quality.{json,md}`` with the machine it ran on
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import subprocess
 import sys
@@ -50,6 +51,7 @@ def run_one(arch: str, data: Path, runs: Path, extra: list[str]) -> dict[str, ob
     config = json.loads((run_dir / "config.json").read_text())
     metrics = card["training"]["val_metrics"]
     return {
+        **_best_epoch(run_dir / "history.csv"),
         "arch": arch,
         "command": "fcnx train DATA -o RUN --arch " + arch + (" " + " ".join(extra) if extra else ""),
         "val_miou": metrics["miou"],
@@ -63,6 +65,14 @@ def run_one(arch: str, data: Path, runs: Path, extra: list[str]) -> dict[str, ob
         "target_miou": TARGETS.get(arch),
         "config": config,
     }
+
+
+def _best_epoch(history: Path) -> dict[str, object]:
+    """The epoch best.keras comes from, and its training mIoU (over- or underfitting?)."""
+    with history.open(newline="") as f:
+        epochs = list(csv.DictReader(f))
+    best = max(epochs, key=lambda e: float(e["val_miou"]))
+    return {"best_epoch": int(best["epoch"]) + 1, "epochs": len(epochs), "train_miou": float(best["miou"])}
 
 
 def _recipe(rows: list[dict]) -> str:
@@ -80,8 +90,8 @@ def to_markdown(result: dict) -> str:
         f"{_recipe(result['rows'])}, measured {result['date']} on {m['cpu']} ({m['cores']} cores), "
         f"TensorFlow {m['versions'].get('tensorflow', '?')}.",
         "",
-        "| model | val mIoU | IoU membrane | IoU cell | pixel acc. | target | time |",
-        "|---|---|---|---|---|---|---|",
+        "| model | val mIoU | IoU membrane | IoU cell | pixel acc. | target | best epoch | train mIoU | time |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
         iou = list(row["val_iou"].values())
@@ -89,8 +99,14 @@ def to_markdown(result: dict) -> str:
         ok = "✅" if target is not None and row["val_miou"] >= target else "❌"
         lines.append(
             f"| {row['arch'].replace('fcn', 'FCN-')} | **{row['val_miou']:.3f}** | {iou[0]:.3f} | "
-            f"{iou[1]:.3f} | {row['val_pixel_accuracy']:.3f} | ≥ {target} {ok} | {row['minutes']:.1f} min |"
+            f"{iou[1]:.3f} | {row['val_pixel_accuracy']:.3f} | ≥ {target} {ok} | "
+            f"{row['best_epoch']} of {row['epochs']} | {row['train_miou']:.3f} | {row['minutes']:.1f} min |"
         )
+    lines += [
+        "",
+        "Train mIoU: training-mode mIoU on the augmented crops in the best epoch; far above "
+        "val mIoU means overfitting, equal means the model underfits.",
+    ]
     return "\n".join(lines) + "\n"
 
 
