@@ -84,7 +84,9 @@ def _mirror(index: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
 
 
 def _remap(image: tf.Tensor, x: tf.Tensor, y: tf.Tensor, nearest: bool) -> tf.Tensor:
-    """Sample image (H, W, C) at float pixel coordinates x, y (H, W): bilinear or nearest."""
+    """Sample image (H, W, C) at float pixel coordinates x, y (H, W): bilinear or nearest.
+    Not keras.ops.image.map_coordinates: its "reflect" folds negative indices like
+    "mirror" (Keras 3.15), which would disagree with ``_warp`` at the borders."""
     h, w = tf.shape(image)[0], tf.shape(image)[1]
 
     def at(yi: tf.Tensor, xi: tf.Tensor) -> tf.Tensor:
