@@ -152,6 +152,9 @@ class TrainConfig:
     lr: float = opt(1e-3, "Adam learning rate", metavar="LR")
     schedule: str = opt("cosine", "learning-rate schedule", choices=("cosine", "constant"))
     dice_weight: float = opt(1.0, "weight of the soft Dice loss added to cross-entropy (0: off)")
+    lovasz_weight: float = opt(
+        0.0, "weight of the Lovasz-softmax loss (a convex surrogate of 1 - IoU per class) added (0: off)"
+    )
     class_weights: tuple[float, ...] | None = opt(None, "cross-entropy weight per class, e.g. 2 1")
     precision: str = opt(
         "float32",
@@ -177,8 +180,10 @@ class TrainConfig:
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.dice_weight < 0:
-            raise ValueError(f"dice_weight must be >= 0, got {self.dice_weight}")
+        if self.dice_weight < 0 or self.lovasz_weight < 0:
+            raise ValueError(
+                f"dice_weight and lovasz_weight must be >= 0, got {self.dice_weight}, {self.lovasz_weight}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

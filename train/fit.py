@@ -212,6 +212,7 @@ def train(
             model_config.num_classes,
             config.dice_weight,
             list(config.class_weights) if config.class_weights else None,
+            config.lovasz_weight,
         ),
         metrics=segmentation_metrics(model_config.head, train_set.classes.names),
     )

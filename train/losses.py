@@ -13,7 +13,8 @@ from keras import ops
 class SegmentationLoss(keras.losses.Loss):
     """Per-pixel cross-entropy (binary for a sigmoid head, sparse categorical for
     softmax), optionally class-weighted, plus ``dice_weight`` x soft Dice loss (mean
-    over classes, per image). Returns a per-pixel map so Keras applies sample weights."""
+    over classes, per image) plus ``lovasz_weight`` x Lovasz-softmax loss (per image).
+    Returns a per-pixel map so Keras applies sample weights."""
 
     def __init__(
         self,
@@ -21,6 +22,7 @@ class SegmentationLoss(keras.losses.Loss):
         num_classes: int = 2,
         dice_weight: float = 0.0,
         class_weights: list[float] | None = None,
+        lovasz_weight: float = 0.0,
         name: str = "segmentation_loss",
         **kwargs: Any,
     ) -> None:
@@ -31,6 +33,7 @@ class SegmentationLoss(keras.losses.Loss):
         self.num_classes = num_classes
         self.dice_weight = dice_weight
         self.class_weights = list(class_weights) if class_weights is not None else None
+        self.lovasz_weight = lovasz_weight
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
         labels = ops.cast(ops.squeeze(y_true, axis=-1), "int32")  # (B, H, W)
@@ -44,13 +47,17 @@ class SegmentationLoss(keras.losses.Loss):
             probs = y_pred
         if self.class_weights is not None:
             ce = ce * ops.take(ops.convert_to_tensor(self.class_weights, ce.dtype), labels)
-        if not self.dice_weight:
+        if not (self.dice_weight or self.lovasz_weight):
             return ce
         onehot = ops.one_hot(labels, self.num_classes, dtype=probs.dtype)
-        inter = ops.sum(probs * onehot, axis=(1, 2))
-        total = ops.sum(probs + onehot, axis=(1, 2))
-        dice = 1.0 - ops.mean((2.0 * inter + 1.0) / (total + 1.0), axis=-1)  # (B,)
-        return ce + self.dice_weight * dice[:, None, None]
+        region = ops.zeros_like(ce[:, 0, 0])  # (B,)
+        if self.dice_weight:
+            inter = ops.sum(probs * onehot, axis=(1, 2))
+            total = ops.sum(probs + onehot, axis=(1, 2))
+            region += self.dice_weight * (1.0 - ops.mean((2.0 * inter + 1.0) / (total + 1.0), axis=-1))
+        if self.lovasz_weight:
+            region += self.lovasz_weight * lovasz_softmax(probs, onehot)
+        return ce + region[:, None, None]
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -59,7 +66,33 @@ class SegmentationLoss(keras.losses.Loss):
             "num_classes": self.num_classes,
             "dice_weight": self.dice_weight,
             "class_weights": self.class_weights,
+            "lovasz_weight": self.lovasz_weight,
         }
+
+
+def lovasz_softmax(probs: Any, onehot: Any) -> Any:
+    """Lovasz-softmax loss (Berman, Rannen Triki, Blaschko, CVPR 2018) per image: the
+    Lovasz extension of the Jaccard loss ``1 - IoU`` of each class, averaged over the
+    classes present in the image. It is exact at hard predictions (there it equals
+    ``1 - IoU``) and a convex surrogate between them, so it optimizes the metric we
+    select models by. ``probs`` and ``onehot``: (B, H, W, C); returns (B,)."""
+    shape = ops.shape(probs)
+    errors = ops.abs(onehot - probs)
+    # (B, C, N): one sorted list of pixel errors per image and class
+    errors = ops.transpose(ops.reshape(errors, (shape[0], -1, shape[-1])), (0, 2, 1))
+    fg = ops.transpose(ops.reshape(onehot, (shape[0], -1, shape[-1])), (0, 2, 1))
+    order = ops.flip(ops.argsort(errors, axis=-1), axis=-1)  # largest error first
+    errors = ops.take_along_axis(errors, order, axis=-1)
+    fg = ops.take_along_axis(fg, order, axis=-1)
+    # Jaccard loss of the k largest errors as a set, for every k, and its increments
+    total = ops.sum(fg, axis=-1, keepdims=True)
+    intersection = total - ops.cumsum(fg, axis=-1)
+    union = total + ops.cumsum(1.0 - fg, axis=-1)  # >= 1: never divides by zero
+    jaccard = 1.0 - intersection / union
+    increments = ops.concatenate([jaccard[..., :1], jaccard[..., 1:] - jaccard[..., :-1]], axis=-1)
+    per_class = ops.sum(errors * ops.stop_gradient(increments), axis=-1)  # (B, C)
+    present = ops.cast(total[..., 0] > 0, per_class.dtype)
+    return ops.sum(per_class * present, axis=-1) / ops.maximum(ops.sum(present, axis=-1), 1.0)
 
 
 def metric_name(class_name: str) -> str:
