@@ -7,6 +7,7 @@ all pixels; ``--save-masks`` writes the predicted masks like the write-up's test
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,14 +73,36 @@ def predict_masks(
 ) -> list[np.ndarray]:
     """Class-id masks (H, W) uint8 at each image's own size: mirror-pad to the stride,
     batch consecutive images of equal size, predict in inference mode, crop back."""
-    masks: list[np.ndarray] = []
+
+    def to_ids(probs: np.ndarray) -> np.ndarray:
+        ids = (probs[..., 0] > 0.5) if head == "sigmoid" else probs.argmax(axis=-1)
+        return ids.astype(np.uint8)
+
+    return _predict(model, images, multiple, batch_size, to_ids)
+
+
+def predict_probabilities(
+    model: keras.Model, images: list[np.ndarray], multiple: int = 32, batch_size: int = 4
+) -> list[np.ndarray]:
+    """The model's output maps (H, W, K) float32 at each image's own size, predicted
+    like ``predict_masks`` (for calibration and threshold studies)."""
+    return _predict(model, images, multiple, batch_size, lambda probs: probs.astype(np.float32))
+
+
+def _predict(
+    model: keras.Model,
+    images: list[np.ndarray],
+    multiple: int,
+    batch_size: int,
+    convert: Callable[[np.ndarray], np.ndarray],
+) -> list[np.ndarray]:
+    outputs: list[np.ndarray] = []
     batch: list[np.ndarray] = []
     sizes: list[tuple[int, int]] = []
 
     def flush() -> None:
-        probs = np.asarray(model.predict_on_batch(np.stack(batch)))
-        ids = (probs[..., 0] > 0.5) if head == "sigmoid" else probs.argmax(axis=-1)
-        masks.extend(mask[:h, :w] for mask, (h, w) in zip(ids.astype(np.uint8), sizes))
+        converted = convert(np.asarray(model.predict_on_batch(np.stack(batch))))
+        outputs.extend(out[:h, :w] for out, (h, w) in zip(converted, sizes))
         batch.clear()
         sizes.clear()
 
@@ -91,7 +114,7 @@ def predict_masks(
         sizes.append(image.shape[:2])
     if batch:
         flush()
-    return masks
+    return outputs
 
 
 def encode_mask(mask: np.ndarray, classes: ClassSpec) -> np.ndarray:

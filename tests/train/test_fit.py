@@ -153,8 +153,8 @@ def test_separate_validation_folder(synthetic_data: Path, tmp_path: Path) -> Non
     assert val_set.classes == train_set.classes
 
 
-def test_predict_masks_batches_mixed_sizes_and_crops_back(tiny_run: Path) -> None:
-    from fcnx.train.evaluate import predict_masks
+def test_predict_masks_and_probabilities_batch_mixed_sizes_and_crop_back(tiny_run: Path) -> None:
+    from fcnx.train.evaluate import predict_masks, predict_probabilities
 
     model = load_keras_model(tiny_run)
     rng = np.random.default_rng(0)
@@ -166,6 +166,10 @@ def test_predict_masks_batches_mixed_sizes_and_crops_back(tiny_run: Path) -> Non
     assert [m.shape for m in masks] == [(64, 64), (64, 64), (50, 70), (64, 64)]
     alone = predict_masks(model, [images[2]], "softmax")[0]
     assert np.array_equal(masks[2], alone)  # batching does not change a result
+    probs = predict_probabilities(model, images, batch_size=2)
+    assert [p.shape for p in probs] == [(64, 64, 2), (64, 64, 2), (50, 70, 2), (64, 64, 2)]
+    assert all(p.dtype == np.float32 and np.allclose(p.sum(axis=-1), 1.0, atol=1e-5) for p in probs)
+    assert all(np.array_equal(p.argmax(axis=-1), m) for p, m in zip(probs, masks))
 
 
 def test_mixed_bfloat16_training_saves_float32_models(synthetic_data: Path, tmp_path: Path) -> None:
