@@ -151,6 +151,12 @@ class TrainConfig:
     crop: int = opt(256, "random crop side, a multiple of 32; validation always uses whole images")
     lr: float = opt(1e-3, "Adam learning rate", metavar="LR")
     schedule: str = opt("cosine", "learning-rate schedule", choices=("cosine", "constant"))
+    ema: float = opt(
+        0.0,
+        "keep an exponential moving average of the weights with this momentum (Polyak averaging, "
+        "e.g. 0.99); validation, best.keras and last.keras use the averaged weights (0: off)",
+        metavar="M",
+    )
     dice_weight: float = opt(1.0, "weight of the soft Dice loss added to cross-entropy (0: off)")
     lovasz_weight: float = opt(
         0.0, "weight of the Lovasz-softmax loss (a convex surrogate of 1 - IoU per class) added (0: off)"
@@ -176,6 +182,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if self.channels not in (None, 1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if self.precision not in PRECISIONS:

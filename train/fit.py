@@ -206,7 +206,7 @@ def train(
     if config.schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(config.lr, total_steps, alpha=0.02)
     model.compile(
-        optimizer=keras.optimizers.Adam(lr),
+        optimizer=keras.optimizers.Adam(lr, use_ema=config.ema > 0, ema_momentum=config.ema or 0.99),
         loss=SegmentationLoss(
             model_config.head,
             model_config.num_classes,
@@ -217,7 +217,9 @@ def train(
         metrics=segmentation_metrics(model_config.head, train_set.classes.names),
     )
     all_callbacks = [
-        keras.callbacks.BackupAndRestore(str(out / "backup")),
+        keras.callbacks.BackupAndRestore(str(out / "backup")),  # the raw weights: before the swap
+        # --ema: evaluate with the averaged weights, and from here on each epoch's end sees them
+        *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if config.ema else []),
         AtomicModelCheckpoint(
             out / "best.keras",
             monitor="val_miou",

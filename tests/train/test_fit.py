@@ -197,6 +197,32 @@ def test_mixed_bfloat16_training_saves_float32_models(synthetic_data: Path, tmp_
     assert abs(ModelCard.read(out / "card.json").training["val_metrics"]["miou"] - best_val) < 0.02
 
 
+def test_ema_checkpoints_hold_the_averaged_weights(synthetic_data: Path, tmp_path: Path) -> None:
+    def numpy(variables: list) -> list[np.ndarray]:
+        return [keras.ops.convert_to_numpy(v) for v in variables]
+
+    epochs: list[tuple[list[np.ndarray], list[np.ndarray]]] = []
+
+    class Capture(keras.callbacks.Callback):  # runs after fcnx's callbacks, the EMA swap included
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            # swapped: the model holds the average, the optimizer's EMA slots the raw weights
+            averaged = numpy(self.model.trainable_weights)
+            epochs.append((averaged, numpy(self.model.optimizer._model_variables_moving_average)))
+
+    out = tmp_path / "ema"
+    config = TrainConfig(
+        data=str(synthetic_data), out=str(out), epochs=2, steps_per_epoch=4, crop=64, ema=0.9
+    )
+    train(config, verbose=0, callbacks=[Capture()])
+    averaged, raw = epochs[0]
+    assert any(not np.allclose(a, b) for a, b in zip(averaged, raw))  # the swap happened
+    saved = numpy(load_keras_model(out / "last.keras").trainable_weights)
+    assert all(np.array_equal(a, b) for a, b in zip(saved, epochs[-1][0]))
+    assert not (out / "backup").exists()
+    with pytest.raises(ValueError, match="ema"):
+        TrainConfig(ema=1.0)
+
+
 def test_auto_precision_is_bfloat16_only_on_cpus_with_amx(monkeypatch: pytest.MonkeyPatch) -> None:
     from fcnx.train import fit
 
