@@ -39,14 +39,9 @@ NOT_FLAGS = {"data", "out", "resume", "in_channels", "num_classes", "arch"}
 def recipe_flags(config: Any) -> str:
     """The ``fcnx train`` flags that differ from the defaults (the recipe variant)."""
     from fcnx.train.config import TrainConfig
+    from fcnx.train.fit import flatten_config
 
-    def flat(values: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in values.items():
-            out.update(flat(value) if isinstance(value, dict) else {key: value})
-        return out
-
-    given, default = flat(config.to_dict()), flat(TrainConfig().to_dict())
+    given, default = flatten_config(config.to_dict()), flatten_config(TrainConfig().to_dict())
     flags = []
     for key in sorted(given):
         value = given[key]

@@ -110,7 +110,7 @@ def _saved_config(out: Path, given: TrainConfig) -> TrainConfig:
     now that differ are ignored, and said so."""
     saved = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
     saved = dataclasses.replace(saved, resume=True, out=str(out))
-    old, new = _flat(saved.to_dict()), _flat(given.to_dict())
+    old, new = flatten_config(saved.to_dict()), flatten_config(given.to_dict())
     ignored = [
         f"{key}={new[key]!r} (the run has {old[key]!r})"
         for key in sorted(old)
@@ -124,7 +124,8 @@ def _saved_config(out: Path, given: TrainConfig) -> TrainConfig:
     return saved
 
 
-def _flat(values: dict[str, Any]) -> dict[str, Any]:
+def flatten_config(values: dict[str, Any]) -> dict[str, Any]:
+    """A config dict with the nested model/augment sections merged in (one key per flag)."""
     flat: dict[str, Any] = {}
     for key, value in values.items():
         if isinstance(value, dict):
