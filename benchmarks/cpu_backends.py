@@ -48,7 +48,7 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    from fcnx.runtime.bench import BenchConfig, run_bench
+    from fcnx.runtime.bench.run import BenchConfig, run_bench
 
     if args.part == "main":
         suite = "cpu_backends"

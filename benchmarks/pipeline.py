@@ -35,7 +35,7 @@ def main() -> int:
     parser.add_argument("--results", type=Path, default=HERE / "results")
     args = parser.parse_args()
 
-    from fcnx.runtime.bench import BenchConfig, run_bench
+    from fcnx.runtime.bench.run import BenchConfig, run_bench
 
     model = args.onnx / "model.onnx"
     if not model.is_file():

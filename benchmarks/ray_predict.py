@@ -115,7 +115,7 @@ def main() -> int:
     if not args.onnx.is_file():
         raise SystemExit(f"{args.onnx} not found: run benchmarks/export_parity.py first")
 
-    from fcnx.runtime.ort_backend import usable_cores
+    from fcnx.runtime.backends.ort import usable_cores
 
     cores = usable_cores()
     runs: dict[str, tuple[list[str], int, int]] = {"local": ([], cores, 1)}

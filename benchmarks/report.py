@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from fcnx.runtime.machine import describe_machine
+from fcnx.runtime.bench.machine import describe_machine
 
 
 def write_report(results: Path, suite: str, rows: list[dict], to_markdown: Callable[[dict], str]) -> dict:
@@ -26,7 +26,7 @@ def write_bench_results(results: Path, suite: str, report: dict, columns: list[t
     """An ``fcnx bench`` report as the suite's results: SUITE.json (everything, latencies
     included), SUITE.csv, SUITE.md (the README's table: ``columns`` of the timed rows,
     then the machine and ceiling line), SUITE-throughput.png and SUITE-latency.png."""
-    from fcnx.runtime.bench_report import describe_run, plot, to_csv
+    from fcnx.runtime.bench.report import describe_run, plot, to_csv
 
     results.mkdir(parents=True, exist_ok=True)
     report = {"suite": suite, "date": time.strftime("%Y-%m-%d"), **report}

@@ -1,4 +1,4 @@
-"""The one-node MatMul models fcnx.runtime.ceiling times to measure a machine's peak.
+"""The one-node MatMul models fcnx.runtime.bench.ceiling times to measure a machine's peak.
 
 The runtime may not import onnx, so the models ship pre-serialized in
 ``runtime/data/`` (``matmul_fp32.onnx``, ``matmul_fp16.onnx``); this writes them.

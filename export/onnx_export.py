@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fcnx.runtime.atomic import atomic_path
-from fcnx.runtime.card import ModelCard, default_palette, library_versions
+from fcnx.runtime.card import ModelCard, library_versions
 from fcnx.runtime.flags import opt
 
 from .parity import ParityRow
@@ -112,23 +112,6 @@ def parse_size(size: str) -> tuple[int, int] | str:
     if len(parts) == 2 and all(p.isdigit() and int(p) > 0 for p in parts):
         return int(parts[0]), int(parts[1])
     raise ExportError(f"size must be 'card', 'dynamic' or HxW like 512x512, got {size!r}")
-
-
-def card_for(model: Any, card: ModelCard | None) -> ModelCard:
-    """The run's card, or one made from the model itself for a bare .keras file."""
-    if card is not None:
-        return card
-    channels = int(model.inputs[0].shape[-1])
-    classes = int(model.outputs[0].shape[-1])
-    kind = "sigmoid" if classes == 1 else "softmax"
-    n = 2 if classes == 1 else classes
-    return ModelCard(
-        architecture=model.name,
-        classes=tuple(f"class{k}" for k in range(n)),
-        palette=default_palette(n),
-        input_channels=channels,
-        output_kind=kind,
-    )
 
 
 def sha256_file(path: Path) -> str:
@@ -232,6 +215,7 @@ def export_onnx(config: OnnxExportConfig) -> dict[str, Any]:
     import onnx
 
     from fcnx.train.evaluate import find_card, load_keras_model, resolve_model_path
+    from fcnx.train.keras_backend import card_for
 
     from .onnx_graph import set_card
     from .parity_check import check_against_keras

@@ -8,8 +8,8 @@ import warnings
 import onnx
 from onnx import TensorProto, helper
 
+from fcnx.runtime.backends.ort import CARD_KEY
 from fcnx.runtime.card import ModelCard
-from fcnx.runtime.ort_backend import CARD_KEY
 
 OUTPUT_CHOICES = ("both", "probs", "mask")
 

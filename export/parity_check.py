@@ -9,11 +9,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from fcnx.runtime.backend import native_size
+from fcnx.runtime.backends.base import native_size
+from fcnx.runtime.backends.ort import BackendError, OrtBackend
 from fcnx.runtime.card import ModelCard
 from fcnx.runtime.images import list_images, read_image, read_label
-from fcnx.runtime.ort_backend import BackendError, OrtBackend
-from fcnx.runtime.segmenter import Prepared, Segmenter
+from fcnx.runtime.predict.segmenter import Prepared, Segmenter
 from fcnx.train.evaluate import class_spec_from_card
 
 from .parity import ParityAccumulator, ParityRow, masks_from_probs

@@ -89,8 +89,8 @@ def calibration_files(folder: str | Path) -> list[Path]:
 def calibration_batches(fp32_path: Path, options: Int8Options) -> list[np.ndarray]:
     """Up to ``count`` images as (1, H, W, C) uint8 batches, prepared by the runtime's
     Segmenter for the FP32 graph; unreadable files are skipped with a warning."""
-    from fcnx.runtime.ort_backend import OrtBackend
-    from fcnx.runtime.segmenter import Segmenter
+    from fcnx.runtime.backends.ort import OrtBackend
+    from fcnx.runtime.predict.segmenter import Segmenter
 
     backend = OrtBackend(fp32_path, "ort-cpu")
     segmenter = Segmenter(backend, batch_size=1)

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fcnx.runtime.backends.trt.sidecar import EngineSidecar, read_sidecar, sidecar_path
 from fcnx.runtime.card import CardError, ModelCard
-from fcnx.runtime.engine_sidecar import EngineSidecar, read_sidecar, sidecar_path
 from fcnx.runtime.flags import opt
 
 from .onnx_export import ExportError

@@ -13,7 +13,7 @@ import importlib
 import os
 import sys
 
-from .backend import BackendError
+from .backends.base import BackendError, MissingExtra
 
 # name -> (module, extra that provides its libraries, one-line help)
 COMMANDS: dict[str, tuple[str, str | None, str]] = {
@@ -99,9 +99,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {error}", file=sys.stderr)
         return error.code
-    except CommandError as exc:
+    except (CommandError, MissingExtra) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return exc.code
+        return exc.code if isinstance(exc, CommandError) else exc.exit_code
     except (ValueError, OSError, BackendError) as exc:
         if os.environ.get("FCNX_DEBUG"):
             raise

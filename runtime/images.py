@@ -15,7 +15,6 @@ from PIL import Image
 
 MAX_PIXELS = 200_000_000  # decompression-bomb guard: checked on the header, then on the decoded size
 HEADER_BYTES = 1 << 16  # enough for PNG/TIFF/BMP headers and JPEG markers up to the frame header
-Image.MAX_IMAGE_PIXELS = None  # our own limit applies (Pillow only reads headers here)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -28,15 +27,32 @@ class ImageError(ValueError):
         self.reason = reason
 
 
-def _header_size(data: np.ndarray) -> tuple[int, int] | None:
-    """(width, height) from the file header without decoding pixels (Pillow reads headers
-    lazily); None when Pillow does not know the format (OpenCV may still)."""
-    for head in (data[:HEADER_BYTES], data) if data.size > HEADER_BYTES else (data,):
+def _pillow_size(head: bytes) -> tuple[int, int] | None:
+    """(width, height) from the header by Pillow's format plugins, constructed directly:
+    their header parsing without ``Image.open``'s process-wide ``MAX_IMAGE_PIXELS`` check
+    (fcnx applies its own limit and never changes Pillow's for the host process)."""
+    Image.init()
+    prefix = head[:16]
+    for name in Image.ID:
+        factory, accept = Image.OPEN[name]
         try:
-            with Image.open(io.BytesIO(head.tobytes())) as im:
+            accepted = accept(prefix) if accept is not None else True
+            if isinstance(accepted, str) or not accepted:
+                continue
+            with factory(io.BytesIO(head), "") as im:
                 return int(im.size[0]), int(im.size[1])
-        except Exception:  # not identifiable (from this prefix): try the whole file, then OpenCV decides
+        except Exception:  # this plugin cannot parse it (from this prefix): the next one may
             continue
+    return None
+
+
+def _header_size(data: np.ndarray) -> tuple[int, int] | None:
+    """(width, height) from the file header without decoding pixels; None when Pillow does
+    not know the format (OpenCV may still)."""
+    for head in (data[:HEADER_BYTES], data) if data.size > HEADER_BYTES else (data,):
+        size = _pillow_size(head.tobytes())
+        if size is not None:
+            return size
     return None
 
 
@@ -115,3 +131,18 @@ def list_images(folder: str | Path) -> list[Path]:
     """Image files directly in ``folder``, sorted by name."""
     folder = Path(folder)
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def mirror_pad(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Mirror-pad the bottom and right of (h, w, ...) to ``hw``; the original is ``result[:h, :w]``."""
+    h, w = image.shape[:2]
+    if (h, w) == hw:
+        return image
+    pad = [(0, hw[0] - h), (0, hw[1] - w)] + [(0, 0)] * (image.ndim - 2)
+    return np.pad(image, pad, mode="symmetric")
+
+
+def pad_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
+    """Mirror-pad (H, W, ...) so H and W are multiples of ``multiple`` (a model's stride)."""
+    h, w = image.shape[:2]
+    return mirror_pad(image, (-(-h // multiple) * multiple, -(-w // multiple) * multiple))

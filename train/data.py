@@ -219,7 +219,7 @@ def validation_dataset(samples: Samples, multiple: int) -> Any:
     zero sample weight on the padding, so metrics count exactly the real pixels."""
     import tensorflow as tf
 
-    from fcnx.runtime.padding import pad_to_multiple
+    from fcnx.runtime.images import pad_to_multiple
 
     xs, ys, ws = [], [], []
     for image, mask in zip(samples.images, samples.masks):

@@ -17,8 +17,8 @@ import numpy as np
 
 from fcnx.runtime.atomic import atomic_write_bytes
 from fcnx.runtime.card import CardError, ModelCard
+from fcnx.runtime.images import pad_to_multiple
 from fcnx.runtime.metrics import confusion_matrix, summarize
-from fcnx.runtime.padding import pad_to_multiple
 
 from .data import Samples, load_samples
 from .labels import ClassSpec, read_classes_file

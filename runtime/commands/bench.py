@@ -14,8 +14,9 @@ import argparse
 import importlib.util
 import sys
 
-from fcnx.runtime.bench import BenchConfig, run_bench
-from fcnx.runtime.bench_report import describe_run, table, write_outputs
+from fcnx.runtime.bench.config import BenchConfig
+from fcnx.runtime.bench.report import describe_run, table, write_report
+from fcnx.runtime.bench.run import run_bench
 from fcnx.runtime.flags import add_dataclass_flags, dataclass_from_args
 
 
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         print('note: plots skipped, matplotlib is not installed: pip install "fcnx[bench]"', file=sys.stderr)
         plots = False
     report = run_bench(config)
-    written = write_outputs(report, config.out, plots=plots)
+    written = write_report(report, config.out, plots=plots)
     print(table(report))
     print(describe_run(report))
     print("wrote " + ", ".join(str(p) for p in written))

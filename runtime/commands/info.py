@@ -31,7 +31,8 @@ def _card_summary(card: Any) -> dict[str, Any]:
 
 
 def _onnx_info(path: Path) -> dict[str, Any]:
-    from fcnx.runtime.ort_backend import OrtBackend, available_backends
+    from fcnx.runtime.backends.ort import OrtBackend
+    from fcnx.runtime.backends.registry import offered_backends
 
     backend = OrtBackend(path, "ort-cpu")
     session = backend.session
@@ -44,7 +45,7 @@ def _onnx_info(path: Path) -> dict[str, Any]:
         "inputs": [describe_tensor(t) for t in session.get_inputs()],
         "outputs": [describe_tensor(t) for t in session.get_outputs()],
     }
-    offered = available_backends()
+    offered = offered_backends("onnx")
     info = {
         "kind": "onnx",
         "card": backend.card,
@@ -58,8 +59,8 @@ def _onnx_info(path: Path) -> dict[str, Any]:
 
 
 def _engine_info(path: Path) -> dict[str, Any]:
-    from fcnx.runtime.backend import BackendError
-    from fcnx.runtime.engine_sidecar import EngineMismatch, check_compatible, read_sidecar
+    from fcnx.runtime.backends.base import BackendError
+    from fcnx.runtime.backends.trt.sidecar import EngineMismatch, check_compatible, read_sidecar
 
     sidecar = read_sidecar(path)
     h, w, c = sidecar.input_shape
@@ -80,7 +81,7 @@ def _engine_info(path: Path) -> dict[str, Any]:
     try:
         import tensorrt
 
-        from fcnx.runtime.gpu import gpu_identity
+        from fcnx.runtime.backends.trt.cuda import gpu_identity
 
         gpu, capability = gpu_identity()
         warnings = check_compatible(sidecar, path, tensorrt.__version__, capability, gpu)
@@ -117,8 +118,8 @@ def _keras_info(path: Path) -> dict[str, Any]:
     }
 
 
-def describe(model: str | Path) -> dict[str, Any]:
-    from fcnx.runtime.load import model_kind
+def describe_model(model: str | Path) -> dict[str, Any]:
+    from fcnx.runtime.backends.registry import model_kind
 
     path = Path(model)
     if not path.exists():
@@ -166,7 +167,7 @@ def format_info(info: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    info = describe(args.model)
+    info = describe_model(args.model)
     if args.json:
         print(json.dumps(info, indent=2, default=str))
     else:

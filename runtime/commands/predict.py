@@ -11,7 +11,8 @@ import argparse
 import json
 
 from fcnx.runtime.flags import add_dataclass_flags, dataclass_from_args
-from fcnx.runtime.pipeline import PredictConfig, exit_code, format_summary, predict_folder
+from fcnx.runtime.predict.config import PredictConfig
+from fcnx.runtime.predict.job import exit_code, format_summary, predict_folder
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:

@@ -5,7 +5,7 @@ from pathlib import Path
 import onnx
 
 from fcnx.export.ceiling_models import write_ceiling_models
-from fcnx.runtime.ceiling import ceiling_model_path
+from fcnx.runtime.bench.ceiling import ceiling_model_path
 
 
 def test_committed_ceiling_models_are_what_the_generator_writes(tmp_path: Path) -> None:

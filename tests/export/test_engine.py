@@ -14,14 +14,14 @@ import pytest
 
 from fcnx.export import engine
 from fcnx.export.engine import EngineBuildConfig, ExportError, build_engine, plan_build
-from fcnx.runtime.card import CardError
-from fcnx.runtime.engine_sidecar import (
+from fcnx.runtime.backends.trt.sidecar import (
     BatchProfile,
     EngineMismatch,
     check_compatible,
     read_sidecar,
     sidecar_path,
 )
+from fcnx.runtime.card import CardError
 
 
 @pytest.mark.parametrize(

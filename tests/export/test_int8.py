@@ -14,7 +14,7 @@ import pytest
 from fcnx.export.engine import EngineBuildConfig, plan_build
 from fcnx.export.onnx_export import ExportError, OnnxExportConfig, export_onnx
 from fcnx.export.quantize import CalibrationError, Int8Options, calibration_batches, decoder_nodes
-from fcnx.runtime.load import load
+from fcnx.runtime.backends.registry import load
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import pytest
 
 from fcnx.export.onnx_export import ExportError, OnnxExportConfig, ParityError, export_onnx
 from fcnx.export.parity import BUDGETS, ParityAccumulator
+from fcnx.runtime.backends.ort import OrtBackend
 from fcnx.runtime.card import ModelCard
-from fcnx.runtime.ort_backend import OrtBackend
 from fcnx.train.evaluate import ModelFileError, load_keras_model
 
 

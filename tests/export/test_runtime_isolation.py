@@ -13,7 +13,6 @@ import cv2
 import numpy as np
 
 import fcnx.runtime
-import fcnx.runtime.commands
 
 FORBIDDEN = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxconverter_common")
 FORBIDDEN_FCNX = ("fcnx.export", "fcnx.train")
@@ -22,13 +21,14 @@ FORBIDDEN_FCNX = ("fcnx.export", "fcnx.train")
 def test_runtime_modules_and_a_full_prediction_import_no_training_libraries(
     tiny_onnx: Path, tmp_path: Path
 ) -> None:
-    modules = [m.name for m in pkgutil.iter_modules(fcnx.runtime.__path__, "fcnx.runtime.")]
-    modules += [
-        m.name for m in pkgutil.iter_modules(fcnx.runtime.commands.__path__, "fcnx.runtime.commands.")
-    ]
-    assert {"fcnx.runtime.pipeline", "fcnx.runtime.segmenter", "fcnx.runtime.commands.predict"} <= set(
-        modules
-    )
+    modules = [m.name for m in pkgutil.walk_packages(fcnx.runtime.__path__, "fcnx.runtime.")]
+    assert {
+        "fcnx.runtime.predict.job",
+        "fcnx.runtime.predict.segmenter",
+        "fcnx.runtime.backends.trt.backend",
+        "fcnx.runtime.bench.run",
+        "fcnx.runtime.commands.predict",
+    } <= set(modules)
     (tmp_path / "in").mkdir()
     for i in range(3):
         cv2.imwrite(str(tmp_path / "in" / f"{i}.png"), np.full((64, 80), 40 * i, np.uint8))

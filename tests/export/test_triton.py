@@ -25,9 +25,9 @@ from tritonclient.utils import triton_to_np_dtype
 from fcnx.export.onnx_export import ExportError
 from fcnx.export.onnx_graph import read_card, set_card
 from fcnx.export.triton import TritonRepoConfig, write_repository
+from fcnx.runtime.backends.trt.sidecar import BatchProfile, EngineSidecar, sidecar_path, write_sidecar
 from fcnx.runtime.card import ModelCard
 from fcnx.runtime.cli import main
-from fcnx.runtime.engine_sidecar import BatchProfile, EngineSidecar, sidecar_path, write_sidecar
 
 GIB = 1 << 30
 

@@ -10,10 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fcnx.runtime.bench import BenchConfig, BenchRow, Contender, run_bench, run_infer_rows
-from fcnx.runtime.bench_report import read_report, table, write_outputs
+from fcnx.runtime.backends.registry import load
+from fcnx.runtime.bench.config import BenchConfig, BenchRow
+from fcnx.runtime.bench.report import read_report, table, write_report
+from fcnx.runtime.bench.run import Contender, run_bench, run_infer_rows
 from fcnx.runtime.cli import main
-from fcnx.runtime.load import load
 
 QUICK = {"min_seconds": 0.3, "max_seconds": 2.0, "warmup": 1, "ceiling": False}
 
@@ -83,7 +84,7 @@ def test_a_failing_backend_leaves_a_failed_row_and_the_run_goes_on(tiny_onnx: Pa
 
 
 def test_report_files_and_json_round_trip(report: dict[str, Any], tmp_path: Path) -> None:
-    written = write_outputs(report, tmp_path)
+    written = write_report(report, tmp_path)
     assert {p.name for p in written} == {
         "bench.json",
         "bench.csv",
@@ -116,7 +117,7 @@ def test_cli_bench(tiny_onnx: Path, tmp_path: Path, capsys: Any) -> None:
 
 
 def test_keras_rows_get_the_same_networks_flops_and_int8_rows_no_float_peak() -> None:
-    from fcnx.runtime.bench import _peak_for, _same_network_flops
+    from fcnx.runtime.bench.run import _peak_for, _same_network_flops
 
     keras = BenchRow(model="run", backend="keras", batch=8, arch="fcn8s", precision="fp32", input="512x512x1",
                      images_per_second=6.0)  # fmt: skip

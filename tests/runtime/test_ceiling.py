@@ -5,15 +5,15 @@ import math
 import numpy as np
 import pytest
 
-from fcnx.runtime.ceiling import (
+from fcnx.runtime.bench.ceiling import (
     OrtMatmul,
-    best_seconds,
     ceiling_model_path,
     cpu_ceiling,
     cuda_unavailable_reason,
     gpu_ceiling,
     matmul_flops,
 )
+from fcnx.runtime.bench.timing import best_seconds
 
 
 def test_cpu_ceiling_numbers_are_positive_and_peak_is_the_better_path() -> None:

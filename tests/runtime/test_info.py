@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fcnx.runtime.backends.trt.sidecar import BatchProfile, EngineSidecar, write_sidecar
 from fcnx.runtime.card import ModelCard
 from fcnx.runtime.cli import main
-from fcnx.runtime.engine_sidecar import BatchProfile, EngineSidecar, write_sidecar
 
 
 def test_onnx_info_text_and_json(tiny_onnx: Path, capsys: Any) -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fcnx.runtime.inputs import collect_inputs
-from fcnx.runtime.outputs import output_paths
+from fcnx.runtime.predict.inputs import collect_inputs
+from fcnx.runtime.predict.outputs import output_paths
 
 
 def _touch(*paths: Path) -> None:

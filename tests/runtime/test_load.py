@@ -6,15 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from fcnx.runtime.backend import Backend, BackendError
-from fcnx.runtime.load import load
-from fcnx.runtime.ort_backend import available_backends
+from fcnx.runtime.backends.base import Backend, BackendError
+from fcnx.runtime.backends.registry import load, offered_backends
 
 
 def test_auto_picks_the_first_provider_that_runs_and_says_what_it_skipped(tiny_onnx: Path) -> None:
     backend = load(tiny_onnx)
     assert isinstance(backend, Backend)
-    assert backend.name == available_backends()[-1] == "ort-cpu"  # this CI machine has no GPU
+    assert backend.name == offered_backends("onnx")[-1] == "ort-cpu"  # this CI machine has no GPU
     assert backend.provider == "CPUExecutionProvider"
     assert any("ort-cuda" in note for note in backend.notes)  # type: ignore[attr-defined]
     assert backend.card.input_height == 64 and backend.input_hw == (64, 64)
@@ -22,7 +21,7 @@ def test_auto_picks_the_first_provider_that_runs_and_says_what_it_skipped(tiny_o
 
 
 def test_asking_for_an_unavailable_backend_is_an_error(tiny_onnx: Path) -> None:
-    if "ort-cuda" in available_backends():
+    if "ort-cuda" in offered_backends("onnx"):
         pytest.skip("this machine has the CUDA provider")
     with pytest.raises(BackendError, match=r"CUDAExecutionProvider.*not have"):
         load(tiny_onnx, "ort-cuda")

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fcnx.runtime.backends.registry import load
 from fcnx.runtime.cli import main
-from fcnx.runtime.load import load
-from fcnx.runtime.manifest import MANIFEST_NAME
-from fcnx.runtime.pipeline import EXIT_FAILURES, PredictConfig, predict_folder
+from fcnx.runtime.predict.config import PredictConfig
+from fcnx.runtime.predict.job import EXIT_FAILURES, predict_folder
+from fcnx.runtime.predict.manifest import MANIFEST_NAME
 
 from .image_files import bad_files, good_files, masks, png
 
@@ -79,6 +80,10 @@ class _StopAfter:
         if self._left < 0:
             raise KeyboardInterrupt
         return self._backend.infer(batch)  # type: ignore[no-any-return]
+
+    def infer_stream(self, batches: Any) -> Any:
+        for batch in batches:
+            yield self.infer(batch)
 
 
 def test_an_interrupted_run_resumes_without_redoing_finished_files(tiny_onnx: Path, tmp_path: Path) -> None:

@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from fcnx.runtime.backends.registry import load
 from fcnx.runtime.cli import main
-from fcnx.runtime.load import load
-from fcnx.runtime.pipeline import EXIT_FAILURES, PredictConfig, predict_folder
-from fcnx.runtime.segmenter import Segmenter
+from fcnx.runtime.predict.config import PredictConfig
+from fcnx.runtime.predict.job import EXIT_FAILURES, predict_folder
+from fcnx.runtime.predict.segmenter import Segmenter
 
 from .image_files import bad_files, good_files, masks, png
 
@@ -85,7 +86,7 @@ def test_a_ray_rerun_resumes_and_redoes_only_what_is_missing(
 def test_segmentation_predictor_in_a_users_own_pipeline(
     cluster: None, tiny_onnx: Path, tmp_path: Path
 ) -> None:
-    from fcnx.runtime.ray import SegmentationPredictor, read_images
+    from fcnx.runtime.predict.ray import SegmentationPredictor, read_images
 
     good_files(tmp_path / "in")
     paths = sorted(str(p) for p in (tmp_path / "in").rglob("*") if p.is_file())

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from fcnx.export.parity import BUDGETS
-from fcnx.runtime.load import load
-from fcnx.runtime.segmenter import Segmenter
+from fcnx.runtime.backends.registry import load
+from fcnx.runtime.predict.segmenter import Segmenter
 
 
 def _images(n: int, size: tuple[int, int] = (64, 64), seed: int = 0) -> list[np.ndarray]:

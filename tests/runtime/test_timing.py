@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fcnx.runtime.timing import Timing, TimingConfig, percentile, time_side_by_side, windows_agree
+from fcnx.runtime.bench.timing import Timing, TimingConfig, percentile, time_side_by_side, windows_agree
 
 
 def test_percentiles_against_a_known_sample() -> None:

@@ -25,17 +25,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fcnx.runtime.backend import Backend, BackendError, infer_stream
-from fcnx.runtime.card import ModelCard, default_palette
-from fcnx.runtime.engine_sidecar import BatchProfile, EngineMismatch, EngineSidecar, write_sidecar
-from fcnx.runtime.trt_buffers import (
+from fcnx.runtime.backends.base import Backend, BackendError
+from fcnx.runtime.backends.trt.buffers import (
     SLOTS,
+    EngineTensor,
     Slot,
-    TensorSpec,
     double_buffered,
     host_array,
     plan_buffers,
 )
+from fcnx.runtime.backends.trt.sidecar import BatchProfile, EngineMismatch, EngineSidecar, write_sidecar
+from fcnx.runtime.card import ModelCard, default_palette
 
 H, W, C = 8, 8, 1
 U8, F32 = np.dtype(np.uint8), np.dtype(np.float32)
@@ -65,11 +65,11 @@ def make_sidecar(batch: str = "1:2:4", gpu: str = "NVIDIA L4", capability: str =
     )
 
 
-def fcnx_specs() -> list[TensorSpec]:
+def fcnx_specs() -> list[EngineTensor]:
     return [
-        TensorSpec("image", True, U8, (-1, H, W, C)),
-        TensorSpec("probs", False, F32, (-1, H, W, 2)),
-        TensorSpec("mask", False, U8, (-1, H, W)),
+        EngineTensor("image", True, U8, (-1, H, W, C)),
+        EngineTensor("probs", False, F32, (-1, H, W, 2)),
+        EngineTensor("mask", False, U8, (-1, H, W)),
     ]
 
 
@@ -363,7 +363,7 @@ def engine_file(tmp_path: Path) -> Path:
 
 
 def open_backend(path: Path) -> Any:
-    from fcnx.runtime.trt_backend import TrtBackend
+    from fcnx.runtime.backends.trt.backend import TrtBackend
 
     return TrtBackend(path)
 
@@ -382,15 +382,15 @@ def test_buffers_are_sized_at_the_profiles_max_batch() -> None:
 
 def test_fixed_dims_must_match_the_sidecar_and_dynamic_ones_take_its_sizes() -> None:
     specs = [
-        TensorSpec("image", True, U8, (4, -1, -1, 1)),
-        TensorSpec("mask", False, U8, (4, -1, -1)),
+        EngineTensor("image", True, U8, (4, -1, -1, 1)),
+        EngineTensor("mask", False, U8, (4, -1, -1)),
     ]
     sidecar = dataclasses.replace(make_sidecar("4:4:4"), outputs=("mask",))
     plan = plan_buffers(specs, sidecar, "m.engine")
     assert plan.input.max_shape == (4, H, W, C) and plan.outputs[0].max_shape == (4, H, W)
 
 
-def _replace(specs: list[TensorSpec], tensor: str, **changes: Any) -> list[TensorSpec]:
+def _replace(specs: list[EngineTensor], tensor: str, **changes: Any) -> list[EngineTensor]:
     return [dataclasses.replace(s, **changes) if s.name == tensor else s for s in specs]
 
 
@@ -398,7 +398,7 @@ def _replace(specs: list[TensorSpec], tensor: str, **changes: Any) -> list[Tenso
     ("specs", "message"),
     [
         (fcnx_specs()[1:], r"expected exactly one input tensor, the engine has \[\]"),
-        ([*fcnx_specs(), TensorSpec("extra", True, U8, (-1, H, W, C))], "exactly one input tensor"),
+        ([*fcnx_specs(), EngineTensor("extra", True, U8, (-1, H, W, C))], "exactly one input tensor"),
         (
             _replace(fcnx_specs(), "image", name="input_1"),
             "input tensor is 'input_1', its sidecar says 'image'",
@@ -421,7 +421,7 @@ def _replace(specs: list[TensorSpec], tensor: str, **changes: Any) -> list[Tenso
         (fcnx_specs()[:1], "no output tensors"),
     ],
 )
-def test_engines_that_are_not_what_fcnx_built_are_refused(specs: list[TensorSpec], message: str) -> None:
+def test_engines_that_are_not_what_fcnx_built_are_refused(specs: list[EngineTensor], message: str) -> None:
     with pytest.raises(BackendError, match=r"^dir/m\.engine: .*" + message):
         plan_buffers(specs, make_sidecar(), "dir/m.engine")
 
@@ -663,7 +663,7 @@ def test_infer_stream_matches_infer_and_overlaps_copies_with_compute(
     batches = [images(n, seed=i) for i, n in enumerate((4, 4, 3, 1))]
     single = [backend.infer(b) for b in batches]
     cudart.log.clear()
-    streamed = list(infer_stream(backend, batches))
+    streamed = list(backend.infer_stream(batches))
     assert len(streamed) == len(batches)
     for got, want in zip(streamed, single):
         assert all(np.array_equal(got[k], want[k]) for k in ("probs", "mask"))
@@ -707,7 +707,7 @@ def test_close_frees_everything_once(gpu: tuple[FakeCudart, FakeTensorRT], engin
     assert sorted(c[1] for c in cudart.calls("cudaFree")) == sorted(device)
     assert len(cudart.calls("cudaEventDestroy")) == SLOTS and len(cudart.calls("cudaStreamDestroy")) == 1
     assert cudart.host == {} and cudart.device == {}
-    with pytest.raises(BackendError, match=r"model\.engine: this TensorRT backend is closed"):
+    with pytest.raises(BackendError, match=r"model\.engine: this trt backend is closed"):
         backend.infer(images(1, seed=0))
 
 
@@ -742,8 +742,8 @@ def test_a_failed_allocation_frees_what_was_allocated(
 def test_real_engine_masks_match_onnxruntime(tiny_onnx: Path, tmp_path: Path) -> None:
     """Build an engine from the tiny ONNX, run it natively, compare with onnxruntime."""
     from fcnx.export.engine import EngineBuildConfig, build_engine
-    from fcnx.runtime.ort_backend import OrtBackend
-    from fcnx.runtime.trt_backend import TrtBackend
+    from fcnx.runtime.backends.ort import OrtBackend
+    from fcnx.runtime.backends.trt.backend import TrtBackend
 
     engine = tmp_path / "model.engine"
     build_engine(EngineBuildConfig(onnx=str(tiny_onnx), out=str(engine), batch="1:2:4"))

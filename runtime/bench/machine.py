@@ -8,8 +8,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .card import library_versions
-from .ort_backend import usable_cores
+from ..backends.ort import usable_cores
+from ..card import library_versions
 
 VERSIONED = ("fcnx", "numpy", "opencv-python-headless", "onnxruntime", "onnxruntime-gpu", "tensorrt",
              "tensorflow", "keras")  # fmt: skip

@@ -20,13 +20,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
-from .images import IMAGE_SUFFIXES
+from ..images import IMAGE_SUFFIXES
 
 
 @dataclass(frozen=True)
 class InputFile:
     path: str  # as given / found
     relative: str  # POSIX relative path (with its suffix) that names its outputs
+
+
+Task = tuple[InputFile, list[Path]]  # an input and the output files it gets
 
 
 def _is_glob(spec: str) -> bool:

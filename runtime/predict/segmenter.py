@@ -26,8 +26,8 @@ from typing import Any, TypeVar
 import cv2
 import numpy as np
 
-from .backend import Backend, infer_stream
-from .images import to_channels, to_uint8
+from ..backends.base import Backend
+from ..images import mirror_pad, pad_to_multiple, to_channels, to_uint8
 
 FITS = ("auto", "resize", "pad")
 DEFAULT_BATCH = 8
@@ -54,13 +54,6 @@ def _resize(array: np.ndarray, hw: tuple[int, int], interpolation: int) -> np.nd
         return array
     out = cv2.resize(array, (hw[1], hw[0]), interpolation=interpolation)
     return out[:, :, None] if array.ndim == 3 and out.ndim == 2 else out
-
-
-def _mirror_pad(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    h, w = image.shape[:2]
-    if (h, w) == hw:
-        return image
-    return np.pad(image, [(0, hw[0] - h), (0, hw[1] - w), (0, 0)], mode="symmetric")
 
 
 class Segmenter:
@@ -109,9 +102,7 @@ class Segmenter:
         image = to_channels(to_uint8(image, origin), self.card.input_channels)
         size = (int(image.shape[0]), int(image.shape[1]))
         if self.input_hw is None:  # dynamic model: own resolution, padded to the stride
-            m = self.card.input_multiple
-            target = (-(-size[0] // m) * m, -(-size[1] // m) * m)
-            return Prepared(_mirror_pad(image, target), size, size)
+            return Prepared(pad_to_multiple(image, self.card.input_multiple), size, size)
         if self.fit == "resize" or size == self.input_hw:
             shrink = size[0] * size[1] > self.input_hw[0] * self.input_hw[1]
             method = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
@@ -120,7 +111,7 @@ class Segmenter:
         scale = min(1.0, self.input_hw[0] / size[0], self.input_hw[1] / size[1])
         valid = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
         scaled = _resize(image, valid, cv2.INTER_AREA)
-        return Prepared(_mirror_pad(scaled, self.input_hw), size, valid)
+        return Prepared(mirror_pad(scaled, self.input_hw), size, valid)
 
     # -- 2. infer -----------------------------------------------------------------------------------------
 
@@ -155,7 +146,7 @@ class Segmenter:
                 "--output mask); re-export with --output both"
             )
         pending: deque[list[tuple[K, Prepared]]] = deque()
-        for outputs in infer_stream(self.backend, self._batches(items, pending)):
+        for outputs in self.backend.infer_stream(self._batches(items, pending)):
             group = pending.popleft()
             masks = outputs["mask"] if self.has_mask else _mask_from_probs(outputs["probs"])
             for i, (key, prepared) in enumerate(group):

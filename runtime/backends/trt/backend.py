@@ -18,16 +18,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 
-from .backend import BackendError, check_batch
-from .card import CardError, ModelCard
-from .engine_sidecar import EngineMismatch, EngineSidecar, check_compatible, read_sidecar
-from .gpu import check_cuda, gpu_identity, import_cudart, import_tensorrt
-from .trt_buffers import SLOTS, BufferPlan, Slot, TensorSpec, double_buffered, host_array, plan_buffers
+from ...card import CardError, ModelCard
+from ..base import Backend, BackendError
+from .buffers import SLOTS, BufferPlan, EngineTensor, Slot, double_buffered, host_array, plan_buffers
+from .cuda import check_cuda, gpu_identity, import_cudart, import_tensorrt
+from .sidecar import EngineMismatch, EngineSidecar, check_compatible, read_sidecar
 
 
 def load_sidecar(engine_path: Path) -> EngineSidecar:
@@ -38,7 +37,7 @@ def load_sidecar(engine_path: Path) -> EngineSidecar:
         raise EngineMismatch(str(exc)) from None
 
 
-def engine_tensors(trt: Any, engine: Any) -> list[TensorSpec]:
+def engine_tensors(trt: Any, engine: Any) -> list[EngineTensor]:
     """The engine's I/O tensors as plain descriptions (name, input?, numpy dtype, shape with -1)."""
     specs = []
     for index in range(engine.num_io_tensors):
@@ -52,20 +51,19 @@ def engine_tensors(trt: Any, engine: Any) -> list[TensorSpec]:
             ) from None
         is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
         shape = tuple(int(d) for d in engine.get_tensor_shape(name))
-        specs.append(TensorSpec(name, is_input, dtype, shape))
+        specs.append(EngineTensor(name, is_input, dtype, shape))
     return specs
 
 
-class TrtBackend:
+class TrtBackend(Backend):
     """``infer(uint8 batch (N, H, W, C)) -> {"probs": float32 (N, H, W, K), "mask": uint8 (N, H, W)}``
     (whichever outputs the engine has), for N up to the engine profile's max batch."""
 
     name = "trt"
     plan: BufferPlan  # set once the engine is deserialized
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._closed = False
+    def __init__(self, path: str | Path, name: str = "trt", options: Any = None) -> None:
+        super().__init__(path)
         self._streaming = False
         self._slots: list[Slot] = []
         self._stream: Any = None
@@ -83,13 +81,12 @@ class TrtBackend:
         self.warnings: list[str] = check_compatible(
             self.sidecar, self.path, str(trt.__version__), capability, gpu_name
         )
-        h, w, c = self.sidecar.input_shape
+        h, w, _ = self.sidecar.input_shape
         self.card: ModelCard = self.sidecar.card
         self.provider = f"TensorRT {trt.__version__}"
         self.max_batch: int | None = self.sidecar.batch.max
         self.fixed_batch = False  # any batch up to max_batch: one under the profile minimum is padded here
         self.input_hw: tuple[int | None, int | None] = (h, w)
-        self.channels = c
 
         try:
             self._load(trt)
@@ -144,8 +141,7 @@ class TrtBackend:
 
     def _submit(self, slot: Slot, batch: np.ndarray) -> None:
         """Copy the batch into the slot's pinned input and enqueue: upload, execute, download, event."""
-        self._check_open()
-        check_batch(batch, self.channels, self.input_hw, str(self.path))
+        self.check(batch)
         images = batch.shape[0]
         rows = self.plan.rows_for(images) if images else 0
         slot.images, slot.rows = images, rows
@@ -179,7 +175,7 @@ class TrtBackend:
 
     def _collect(self, slot: Slot) -> dict[str, np.ndarray]:
         """Wait for the slot's batch; copies of its outputs (the pinned buffers are reused)."""
-        self._check_open()
+        self.check_open()
         if slot.images:
             self._call("cudaEventSynchronize", slot.event)
         return {t.name: slot.host[t.name][: slot.images].copy() for t in self.plan.outputs}
@@ -194,19 +190,19 @@ class TrtBackend:
 
     # -- the Backend protocol ----------------------------------------------------------
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise BackendError(f"{self.path}: this TensorRT backend is closed")
-
     def _check_usable(self) -> None:
-        self._check_open()
+        self.check_open()
         if self._streaming:
             raise BackendError(
                 f"{self.path}: an infer_stream() is running on this backend; finish or close it first"
             )
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """One batch through slot 0 (the checks are ``_submit``'s, before any copy)."""
         self._check_usable()
+        return self._infer(batch)
+
+    def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         slot = self._slots[0]
         try:
             self._submit(slot, batch)
@@ -225,11 +221,8 @@ class TrtBackend:
         finally:
             self._streaming = False
 
-    def close(self) -> None:
-        """Wait for the GPU, then free every buffer, event and the stream once; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
+    def _release(self) -> None:
+        """Wait for the GPU, then free every buffer, event and the stream once."""
         failures: list[str] = []
 
         def release(function: str, *args: Any) -> None:
@@ -258,11 +251,3 @@ class TrtBackend:
             self._stream = None
         if failures:
             raise BackendError(f"{self.path}: closing the TensorRT backend: {'; '.join(failures)}")
-
-    def __enter__(self) -> TrtBackend:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        self.close()

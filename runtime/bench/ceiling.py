@@ -14,19 +14,16 @@ The runtime never imports onnx, so the one-node MatMul models ship pre-serialize
 
 from __future__ import annotations
 
-import math
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .backend import BackendError
-from .ort_backend import import_onnxruntime, usable_cores
+from ..backends.base import BackendError
+from ..backends.ort import OrtOptions, import_onnxruntime, session_options, usable_cores
+from .timing import best_seconds
 
-DATA = Path(__file__).with_name("data")
-MIN_CALLS = 3  # timed calls per path, however short ``seconds`` is
+DATA = Path(__file__).parents[1] / "data"
 
 
 def ceiling_model_path(precision: str) -> Path:
@@ -45,19 +42,6 @@ def matmul_flops(size: int) -> int:
     return 2 * size**3
 
 
-def best_seconds(call: Callable[[], object], seconds: float, min_calls: int = MIN_CALLS) -> float:
-    """The fastest of repeated calls: one untimed warm-up, then calls until ``seconds``
-    have been spent and at least ``min_calls`` were made."""
-    call()
-    best, spent, calls = math.inf, 0.0, 0
-    while spent < seconds or calls < min_calls:
-        start = time.perf_counter()
-        call()
-        elapsed = time.perf_counter() - start
-        best, spent, calls = min(best, elapsed), spent + elapsed, calls + 1
-    return best
-
-
 class OrtMatmul:
     """C = A @ B on one onnxruntime provider, A, B and C bound once through I/O binding
     (on the device for CUDA), so ``run`` times the MatMul kernel and nothing else."""
@@ -72,10 +56,7 @@ class OrtMatmul:
             raise ValueError(f"the ceiling models are float32 or float16, got {a.dtype}")
         ort = import_onnxruntime()
         provider = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}[device]
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = usable_cores()
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
+        options = session_options(ort, OrtOptions())
         provider_options = {"device_id": str(device_id)} if device == "cuda" else {}
         self.path = ceiling_model_path(precision)
         self.session = ort.InferenceSession(str(self.path), options, providers=[(provider, provider_options)])

@@ -15,7 +15,7 @@ filesystem every node sees, and fcnx must be installed on every node.
 The stages are public, for your own Ray pipelines::
 
     import ray
-    from fcnx.runtime.ray import SegmentationPredictor, read_images
+    from fcnx.runtime import SegmentationPredictor, read_images
 
     ds = ray.data.from_items([{"path": p} for p in paths])
     ds = ds.map_batches(read_images, fn_kwargs={"channels": 1}, batch_size=8)
@@ -34,31 +34,22 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .images import read_image
-from .inputs import collect_inputs
-from .load import load, model_kind
-from .ort_backend import OrtOptions, usable_cores
+from ..backends.base import MissingExtra
+from ..backends.ort import OrtOptions, usable_cores
+from ..backends.registry import load
+from ..images import read_image
+from .config import PredictConfig
+from .failures import Report, describe_error
+from .inputs import Task
 from .outputs import output_paths, write_outputs
-from .pipeline import (
-    Counts,
-    FailureLog,
-    PredictConfig,
-    Progress,
-    build_summary,
-    describe_error,
-    finish,
-    open_output,
-    plan_jobs,
-)
 from .segmenter import Prepared, Segmenter
 
-__all__ = ["SegmentationPredictor", "predict_with_ray", "read_images", "write_masks"]
+__all__ = ["SegmentationPredictor", "read_images", "run_on_ray", "write_masks"]
 
 READ_WRITE_CPUS = 0.5  # per read/write task: decoding and encoding are light next to inference
 
@@ -187,11 +178,7 @@ def import_ray() -> Any:
         import ray
         import ray.data
     except ModuleNotFoundError:
-        from .cli import CommandError
-
-        raise CommandError(
-            '--ray needs Ray Data, which is not installed: pip install "fcnx[ray]"', 2
-        ) from None
+        raise MissingExtra('--ray needs Ray Data, which is not installed: pip install "fcnx[ray]"') from None
     return ray
 
 
@@ -240,103 +227,62 @@ def _start(ray: Any, config: PredictConfig) -> bool:
     return True
 
 
-def predict_with_ray(config: PredictConfig) -> dict[str, Any]:
-    """``fcnx predict --ray``: the job of ``predict_folder`` on a Ray Data pipeline, with
-    the same outputs, ``failures.jsonl``, resume and ``summary.json``."""
+def run_on_ray(
+    config: PredictConfig, segmenter: Segmenter, tasks: list[Task], report: Report, run: dict[str, Any]
+) -> None:
+    """The Ray runner of a predict job (job.py plans it, claims OUT and writes the summary):
+    the planned tasks through a Ray Data pipeline, each file's outcome to ``report``, and
+    what the summary says about the cluster into ``run``."""
     ray = import_ray()
-    started = time.perf_counter()
-    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    items = collect_inputs(config.inputs)
-    out = Path(config.out)
-    # The driver checks the model and the flags before any cluster work. An ONNX is
-    # checked on the CPU provider, so the driver needs no GPU; the workers load their own.
-    check_backend = "ort-cpu" if model_kind(config.model) == "onnx" else config.backend
-    backend = load(config.model, check_backend, OrtOptions(threads=1))
-    try:
-        segmenter = Segmenter(backend, config.batch, config.fit)
-        card = backend.card
-    finally:
-        backend.close()
-    manifest, resume, stale = open_output(config, segmenter.fit)
-    cpus = 0.0
-    counts = Counts(total=len(items))
-    failures = FailureLog(out)
-    jobs = plan_jobs(items, out, config, resume, counts, failures)
-    progress = Progress(len(jobs), config.progress)
-    labels: set[str] = set()
-    cluster: dict[str, Any] = {}
+    run.update(backend="ray", provider="-", backend_notes=[])
+    if not tasks:
+        return
     run_started = time.perf_counter()
-    interrupted = False
-    started_ray = False
+    started_ray = _start(ray, config)
+    labels: set[str] = set()
     first_row = 0.0
     try:
-        if jobs:
-            started_ray = _start(ray, config)
-            cluster = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "memory")}
-            cpus = _cpus_per_worker(config, cluster.get("CPU", 0.0), started_ray)
-            _check_fits(config, cpus, cluster)
-            ray.data.DataContext.get_current().enable_progress_bars = False  # fcnx shows its own
-            logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "bars disabled"
-            # Workers get absolute paths (their working folder is not ours); reports keep the user's.
-            shown = {str(Path(item.path).resolve()): item.path for item, _ in jobs}
-            rows = [{"path": str(Path(item.path).resolve()), "relative": item.relative} for item, _ in jobs]
-            dataset = _dataset(ray, rows, config, segmenter, card.input_channels, card.palette, cpus)
-            for row in dataset.iter_rows():
-                first_row = first_row or time.perf_counter()
-                if row["error"]:
-                    counts.failed += 1
-                    failures.record(shown.get(row["path"], row["path"]), row["stage"], row["error"])
-                else:
-                    counts.written += 1
-                if row["backend"]:
-                    labels.add(row["backend"])
-                progress.update(counts.failed)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        progress.close()
-        failures.close()
-        if started_ray:
-            ray.shutdown()
-    seconds = time.perf_counter() - run_started
-    run = {
-        "backend": "ray",
-        "provider": ", ".join(sorted(labels)) or "-",
-        "backend_notes": [],
-        "batch": segmenter.batch_size,
-        "fit": segmenter.fit,
-        "ray": {
+        cluster = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "memory")}
+        cpus = _cpus_per_worker(config, cluster.get("CPU", 0.0), started_ray)
+        run["ray"] = {
             "address": config.address or "local",
             "cluster_resources": cluster,
             "replicas": config.workers,
             "cpus_per_replica": cpus,
             "gpus_per_replica": config.gpus_per_worker,
             "version": ray.__version__,
+            "seconds_to_first_result": None,
+        }
+        _check_fits(config, cpus, cluster)
+        ray.data.DataContext.get_current().enable_progress_bars = False  # fcnx shows its own
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "bars disabled"
+        # Workers get absolute paths (their working folder is not ours); reports keep the user's.
+        shown = {str(Path(item.path).resolve()): item.path for item, _ in tasks}
+        rows = [{"path": str(Path(item.path).resolve()), "relative": item.relative} for item, _ in tasks]
+        for row in _dataset(ray, rows, config, segmenter, cpus).iter_rows():
+            first_row = first_row or time.perf_counter()
+            if row["backend"]:
+                labels.add(row["backend"])
+                run["provider"] = ", ".join(sorted(labels))
+            report(shown.get(row["path"], row["path"]), row["stage"], row["error"])
+    finally:
+        if first_row and "ray" in run:
             # cluster start, actors up and models loaded, first batch through: Ray's fixed cost
-            "seconds_to_first_result": round(first_row - run_started, 3) if first_row else None,
-        },
-    }
-    summary = build_summary(config, counts, seconds, interrupted, manifest, stale, started, started_at, run)
-    return finish(summary, out, interrupted)
+            run["ray"]["seconds_to_first_result"] = round(first_row - run_started, 3)
+        if started_ray:
+            ray.shutdown()
 
 
 def _dataset(
-    ray: Any,
-    rows: list[dict[str, str]],
-    config: PredictConfig,
-    segmenter: Segmenter,
-    channels: int,
-    palette: tuple[tuple[int, int, int], ...],
-    cpus: float,
+    ray: Any, rows: list[dict[str, str]], config: PredictConfig, segmenter: Segmenter, cpus: float
 ) -> Any:
     batch = segmenter.batch_size
+    channels, palette = segmenter.card.input_channels, segmenter.card.palette
     dataset = ray.data.from_items(rows)
     dataset = dataset.map_batches(
         read_images, fn_kwargs={"channels": channels}, batch_size=batch, num_cpus=READ_WRITE_CPUS
     )
-    options = OrtOptions(
-        threads=config.threads or max(1, int(cpus)), cuda_graph=config.cuda_graph, trt_cache=config.trt_cache
-    )
+    options = config.ort_options(threads=config.threads or max(1, int(cpus)))
     dataset = dataset.map_batches(
         SegmentationPredictor,
         fn_constructor_kwargs={

@@ -17,15 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from .backend import BackendError
-from .engine_sidecar import BatchProfile, EngineSidecar
+from ..base import BackendError
+from .sidecar import BatchProfile, EngineSidecar
 
 SLOTS = 2
 OUTPUT_DTYPES = {"probs": np.dtype(np.float32), "mask": np.dtype(np.uint8)}
 
 
 @dataclass(frozen=True)
-class TensorSpec:
+class EngineTensor:
     """One engine I/O tensor as TensorRT describes it: -1 on dynamic axes."""
 
     name: str
@@ -99,7 +99,7 @@ def _resolve(dims: tuple[int, ...], want: tuple[int, ...], what: str, engine_pat
     return want
 
 
-def plan_buffers(specs: Iterable[TensorSpec], sidecar: EngineSidecar, engine_path: str) -> BufferPlan:
+def plan_buffers(specs: Iterable[EngineTensor], sidecar: EngineSidecar, engine_path: str) -> BufferPlan:
     """Check the engine's tensors are what fcnx built and size them at the profile's max batch."""
     specs = list(specs)
     inputs = [s for s in specs if s.is_input]

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_text
-from .backend import BackendError
-from .card import CardError, ModelCard, reject_unknown_keys
+from ...atomic import atomic_write_text
+from ...card import CardError, ModelCard, reject_unknown_keys
+from ..base import BackendError
 
 
 class EngineMismatch(BackendError):

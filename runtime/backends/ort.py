@@ -22,18 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from .backend import BackendError, check_batch
-from .card import CardError, ModelCard
+from ..card import CardError, ModelCard
+from .base import Backend, BackendError, MissingExtra
+from .registry import backend_spec, backends_for
 
 CARD_KEY = "fcnx.card"
-PROVIDERS = {
-    "ort-cpu": "CPUExecutionProvider",
-    "ort-cuda": "CUDAExecutionProvider",
-    "ort-trt": "TensorrtExecutionProvider",
-}
-AUTO_ORDER = ("ort-trt", "ort-cuda", "ort-cpu")
-
-__all__ = ["AUTO_ORDER", "CARD_KEY", "PROVIDERS", "BackendError", "OrtBackend", "OrtOptions"]
 
 
 @dataclass(frozen=True)
@@ -52,20 +45,10 @@ def import_onnxruntime() -> Any:
     try:
         import onnxruntime
     except ModuleNotFoundError:
-        raise BackendError(
+        raise MissingExtra(
             'onnxruntime is not installed: pip install "fcnx[cpu]" (or "fcnx[gpu]" on an NVIDIA GPU machine)'
         ) from None
     return onnxruntime
-
-
-def available_backends() -> list[str]:
-    """The ort-* backends this onnxruntime install offers, in auto order."""
-    try:
-        ort = import_onnxruntime()
-    except BackendError:
-        return []
-    have = set(ort.get_available_providers())
-    return [name for name in AUTO_ORDER if PROVIDERS[name] in have]
 
 
 def usable_cores() -> int:
@@ -73,7 +56,8 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _session_options(ort: Any, options: OrtOptions) -> Any:
+def session_options(ort: Any, options: OrtOptions) -> Any:
+    """fcnx's onnxruntime session settings (also used by the bench ceiling's MatMul)."""
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -139,19 +123,20 @@ def _peek(ort: Any, path: Path) -> tuple[ModelCard, str]:
     return _card_of(session, path), session.get_inputs()[0].name
 
 
-class OrtBackend:
+class OrtBackend(Backend):
     """``infer(uint8 batch (N, H, W, C)) -> {"probs": float32 (N, H, W, K), "mask": uint8 (N, H, W)}``
     (whichever outputs the file has)."""
 
     def __init__(self, path: str | Path, name: str = "ort-cpu", options: OrtOptions | None = None) -> None:
-        if name not in PROVIDERS:
-            raise BackendError(f"unknown onnxruntime backend {name!r}; one of {', '.join(PROVIDERS)}")
+        names = [s.name for s in backends_for("onnx")]
+        if name not in names:
+            raise BackendError(f"unknown onnxruntime backend {name!r}; one of {', '.join(names)}")
+        super().__init__(path)
         ort = import_onnxruntime()
-        self.path = Path(path)
         self.options = options or OrtOptions()
         if not self.path.is_file():
             raise BackendError(f"{self.path}: no such ONNX file")
-        provider = PROVIDERS[name]
+        provider = backend_spec(name).provider
         available = ort.get_available_providers()
         if provider not in available:
             raise BackendError(
@@ -164,7 +149,7 @@ class OrtBackend:
             if name == "ort-trt":
                 Path(providers[0][1]["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
             self.session = ort.InferenceSession(
-                str(self.path), _session_options(ort, self.options), providers=providers
+                str(self.path), session_options(ort, self.options), providers=providers
             )
         except BackendError:
             raise
@@ -180,7 +165,6 @@ class OrtBackend:
             )
         self.name = name
         self.provider = actual
-        self.notes: list[str] = []  # what load(backend="auto") skipped before this one, and why
         self.card = _card_of(self.session, self.path)
         inputs = self.session.get_inputs()
         self.input_name = inputs[0].name
@@ -217,10 +201,7 @@ class OrtBackend:
             outputs.append(value)
         return binding, image, outputs
 
-    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        check_batch(batch, self.card.input_channels, self.input_hw, str(self.path))
-        if self.max_batch is not None and batch.shape[0] != self.max_batch:
-            raise ValueError(f"{self.path}: batch size must be {self.max_batch}, got {batch.shape[0]}")
+    def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         if self._graph_binding is not None:
             binding, image, outputs = self._graph_binding
             image.update_inplace(np.ascontiguousarray(batch))
@@ -238,5 +219,6 @@ class OrtBackend:
         self.session.run_with_iobinding(binding)
         return dict(zip(self.output_names, binding.copy_outputs_to_cpu()))
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self.session = None
+        self._graph_binding = None

@@ -1,7 +1,8 @@
 """Timing that survives a noisy machine: warm-up, then timed calls until a minimum time
 and count, and until the last two windows of calls agree (``stable``); several
 contenders timed round-robin in one run, so their ratio is measured side by side
-(a slow minute on the machine hits all of them, not one).
+(a slow minute on the machine hits all of them, not one). ``best_seconds`` (the
+ceiling's measure: the fastest call) runs on the same loop, ``time_calls``.
 """
 
 from __future__ import annotations
@@ -77,6 +78,36 @@ def _done(t: Timing, config: TimingConfig) -> bool:
     return enough and t.stable(config.window, config.tolerance)
 
 
+def time_calls(
+    call: Callable[[], object], timing: Timing, until: Callable[[], bool], clock: Callable[[], float]
+) -> None:
+    """The one timing loop: call and record each call's seconds until ``until()`` says stop."""
+    while not until():
+        start = clock()
+        call()
+        timing.latencies.append(clock() - start)
+
+
+def best_seconds(
+    call: Callable[[], object],
+    seconds: float,
+    min_calls: int = 3,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
+    """The fastest of repeated calls: one untimed warm-up, then calls until ``seconds``
+    have been spent and at least ``min_calls`` were made (the best run is the one the
+    machine's noise disturbed least)."""
+    call()
+    timing = Timing(1)
+    time_calls(call, timing, lambda: timing.seconds >= seconds and len(timing.latencies) >= min_calls, clock)
+    return min(timing.latencies)
+
+
+def _deadline(clock: Callable[[], float], seconds: float) -> Callable[[], bool]:
+    end = clock() + seconds
+    return lambda: clock() >= end
+
+
 def time_side_by_side(
     contenders: dict[str, tuple[Callable[[], object], int]],
     config: TimingConfig | None = None,
@@ -94,9 +125,5 @@ def time_side_by_side(
             timing = timings[name]
             if _done(timing, config):
                 continue
-            turn_start = clock()
-            while clock() - turn_start < config.round_seconds:
-                start = clock()
-                call()
-                timing.latencies.append(clock() - start)
+            time_calls(call, timing, _deadline(clock, config.round_seconds), clock)
     return timings

@@ -21,8 +21,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .atomic import atomic_write_bytes
-from .card import default_palette
+from ..atomic import atomic_write_bytes
+from ..card import default_palette
 
 FORMATS = ("png", "npy")
 OVERLAY_SUFFIX = ".overlay.jpg"

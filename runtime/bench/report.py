@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_path, atomic_write_text
-from .bench import BenchRow
+from ..atomic import atomic_path, atomic_write_text
+from .config import BenchRow
 
 COLUMNS = [
     ("model", "model"), ("backend", "backend"), ("precision", "prec"), ("mode", "mode"), ("batch", "batch"),
@@ -155,7 +155,7 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def write_outputs(report: dict[str, Any], out: str | Path, plots: bool = True) -> list[Path]:
+def write_report(report: dict[str, Any], out: str | Path, plots: bool = True) -> list[Path]:
     out = Path(out)
     written = []
     for name, text in (

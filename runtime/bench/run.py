@@ -1,9 +1,9 @@
 """``fcnx bench``: every model file on every backend that can load it, at every batch
 size, timed side by side in one run.
 
-For each batch size all contenders are timed round-robin (runtime/timing.py), so the
+For each batch size all contenders are timed round-robin (bench/timing.py), so the
 "x Keras" column is a ratio measured in the same minutes on the same machine. The
-machine's ceiling (runtime/ceiling.py) is measured in the same run, so every row
+machine's ceiling (bench/ceiling.py) is measured in the same run, so every row
 also says how close it gets to this machine's matmul peak. A backend that cannot
 load or fails gets a row saying why; the run goes on.
 
@@ -17,98 +17,24 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
-from .backend import Backend, BackendError, native_size
-from .card import ModelCard, reject_unknown_keys
-from .flags import opt
-from .images import list_images, read_image
-from .load import load, model_kind
-from .segmenter import Segmenter
+from ..backends.base import Backend, BackendError, native_size
+from ..backends.registry import backend_spec, load, model_kind
+from ..card import ModelCard
+from ..images import list_images, read_image
+from ..predict.config import PredictConfig
+from ..predict.job import predict_folder
+from ..predict.segmenter import Segmenter
+from .ceiling import cpu_ceiling, gpu_ceiling
+from .config import BenchConfig, BenchRow
+from .machine import describe_machine
 from .timing import Timing, TimingConfig, time_side_by_side
-
-BACKEND_KINDS = {"keras": "keras", "ort-cpu": "onnx", "ort-cuda": "onnx", "ort-trt": "onnx", "trt": "engine"}
-GPU_BACKENDS = ("ort-cuda", "ort-trt", "trt")
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    models: tuple[str, ...] = opt((), ".keras / run folders, .onnx (any precision), .engine", cli=False)
-    backends: str = opt("keras,ort-cpu", "comma-separated: keras, ort-cpu, ort-cuda, ort-trt, trt")
-    batch: str = opt("1,8", "comma-separated batch sizes")
-    data: str | None = opt(
-        None, "time real images from this folder (image/ inside, or images)", metavar="DIR"
-    )
-    pipeline: bool = opt(False, "also time the whole fcnx predict path (decode, infer, encode) vs raw")
-    out: str = opt("fcnx-bench", "folder for bench.json/.csv/.md and the plots", metavar="DIR")
-    min_seconds: float = opt(10.0, "timed seconds per row, at least")
-    max_seconds: float = opt(120.0, "stop waiting for stable timings after this long per row")
-    warmup: int = opt(3, "untimed calls before timing")
-    ceiling: bool = opt(True, "measure this machine's matmul peak in the same run")
-    plots: bool = opt(True, "write throughput.png and latency.png (needs matplotlib)")
-    seed: int = opt(0, "seed for the random images")
-
-    def batches(self) -> list[int]:
-        try:
-            values = [int(v) for v in self.batch.split(",") if v.strip()]
-        except ValueError:
-            raise ValueError(
-                f"--batch takes comma-separated integers like 1,8,32, got {self.batch!r}"
-            ) from None
-        if not values or min(values) < 1:
-            raise ValueError(f"--batch takes positive integers, got {self.batch!r}")
-        return values
-
-    def backend_names(self) -> list[str]:
-        names = [b.strip() for b in self.backends.split(",") if b.strip()]
-        unknown = [b for b in names if b not in BACKEND_KINDS]
-        if unknown or not names:
-            raise ValueError(
-                f"--backends: unknown {', '.join(unknown) or '(none)'}; from {', '.join(BACKEND_KINDS)}"
-            )
-        return names
-
-    def timing(self) -> TimingConfig:
-        return TimingConfig(warmup=self.warmup, min_seconds=self.min_seconds, max_seconds=self.max_seconds)
-
-
-@dataclass
-class BenchRow:
-    model: str
-    backend: str
-    batch: int
-    mode: str = "infer"  # infer: backend.infer on a ready batch; raw / pipeline: see --pipeline
-    status: str = "ok"  # ok | unavailable | failed | skipped
-    reason: str = ""
-    provider: str = ""
-    arch: str = ""
-    precision: str = ""
-    input: str = ""  # HxWxC timed
-    images_per_second: float | None = None
-    p50_ms: float | None = None
-    p90_ms: float | None = None
-    p99_ms: float | None = None
-    calls: int = 0
-    stable: bool | None = None
-    gflops_per_image: float | None = None
-    gflops_per_second: float | None = None
-    percent_of_peak: float | None = None
-    vs_keras: float | None = None  # images/s over the same-arch keras row at this batch
-    vs_raw: float | None = None  # pipeline rows: images/s over the raw row
-    latencies_ms: list[float] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BenchRow:
-        reject_unknown_keys(cls, data, "bench row: unknown keys")
-        return cls(**data)
 
 
 @dataclass
@@ -187,7 +113,7 @@ def _load_contenders(config: BenchConfig, rows: list[BenchRow]) -> list[Contende
     for model in dict.fromkeys(config.models):  # each file once, in order
         kind = model_kind(model)
         for name in config.backend_names():
-            if BACKEND_KINDS[name] != kind:
+            if backend_spec(name).kind != kind:
                 continue  # each backend runs the files it can load
             try:
                 backend = load(model, name)
@@ -286,8 +212,6 @@ def _raw_and_pipeline(
 ) -> tuple[Callable[[], object], Callable[[], object]]:
     """The two calls timed against each other: Segmenter.predict on decoded images, and
     the whole fcnx predict job over the files they came from (same backend, same batch)."""
-    from .pipeline import PredictConfig, predict_folder
-
     segmenter = Segmenter(c.backend, batch_size=batch)
     job = PredictConfig(
         model=c.model, inputs=(str(folder),), out=str(out), batch=batch, overwrite=True, progress=False
@@ -338,8 +262,6 @@ def run_pipeline_rows(config: BenchConfig, contenders: list[Contender]) -> list[
 
 def run_bench(config: BenchConfig) -> dict[str, Any]:
     """The whole run: ceiling, contenders, rows. Returns the report (see bench_report)."""
-    from .machine import describe_machine
-
     if not config.models:
         raise ValueError("fcnx bench needs at least one model file")
     config.batches(), config.backend_names()  # validate before any slow work
@@ -347,10 +269,8 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     contenders = _load_contenders(config, rows)
     ceiling: dict[str, Any] = {}
     if config.ceiling:
-        from .ceiling import cpu_ceiling, gpu_ceiling
-
         ceiling["cpu"] = cpu_ceiling()
-        if any(c.backend.name in GPU_BACKENDS for c in contenders):
+        if any(backend_spec(c.backend.name).needs_gpu for c in contenders):
             ceiling["gpu"] = gpu_ceiling()
     try:
         rows += run_infer_rows(config, contenders)
@@ -380,6 +300,6 @@ def _peak_for(row: BenchRow, ceiling: dict[str, Any]) -> float | None:
     dot products have another peak, so a percentage of the float one would mislead)."""
     if row.precision == "int8":
         return None
-    part = ceiling.get("gpu" if row.backend in GPU_BACKENDS else "cpu") or {}
+    part = ceiling.get("gpu" if backend_spec(row.backend).needs_gpu else "cpu") or {}
     value = part.get("peak_gflops")
     return float(value) if isinstance(value, (int, float)) else None

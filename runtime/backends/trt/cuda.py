@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .backend import BackendError
+from ..base import BackendError
 
 INSTALL_HINT = 'pip install "fcnx[tensorrt]" on a machine with an NVIDIA GPU'
 TENSORRT_MISSING = f"TensorRT is not installed: {INSTALL_HINT}"

@@ -1,0 +1,1 @@
+"""Inference backends: the base class, the one registry table, onnxruntime and TensorRT."""

@@ -1,0 +1,1 @@
+"""The native TensorRT backend: engine sidecar checks, buffer planning, CUDA calls."""

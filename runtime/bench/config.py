@@ -1,0 +1,87 @@
+"""``fcnx bench``'s configuration (one field per flag) and its result rows."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..backends.registry import BACKEND_NAMES
+from ..card import reject_unknown_keys
+from ..flags import opt
+from .timing import TimingConfig
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    models: tuple[str, ...] = opt((), ".keras / run folders, .onnx (any precision), .engine", cli=False)
+    backends: str = opt("keras,ort-cpu", "comma-separated: keras, ort-cpu, ort-cuda, ort-trt, trt")
+    batch: str = opt("1,8", "comma-separated batch sizes")
+    data: str | None = opt(
+        None, "time real images from this folder (image/ inside, or images)", metavar="DIR"
+    )
+    pipeline: bool = opt(False, "also time the whole fcnx predict path (decode, infer, encode) vs raw")
+    out: str = opt("fcnx-bench", "folder for bench.json/.csv/.md and the plots", metavar="DIR")
+    min_seconds: float = opt(10.0, "timed seconds per row, at least")
+    max_seconds: float = opt(120.0, "stop waiting for stable timings after this long per row")
+    warmup: int = opt(3, "untimed calls before timing")
+    ceiling: bool = opt(True, "measure this machine's matmul peak in the same run")
+    plots: bool = opt(True, "write throughput.png and latency.png (needs matplotlib)")
+    seed: int = opt(0, "seed for the random images")
+
+    def batches(self) -> list[int]:
+        try:
+            values = [int(v) for v in self.batch.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(
+                f"--batch takes comma-separated integers like 1,8,32, got {self.batch!r}"
+            ) from None
+        if not values or min(values) < 1:
+            raise ValueError(f"--batch takes positive integers, got {self.batch!r}")
+        return values
+
+    def backend_names(self) -> list[str]:
+        names = [b.strip() for b in self.backends.split(",") if b.strip()]
+        unknown = [b for b in names if b not in BACKEND_NAMES]
+        if unknown or not names:
+            raise ValueError(
+                f"--backends: unknown {', '.join(unknown) or '(none)'}; from {', '.join(BACKEND_NAMES)}"
+            )
+        return names
+
+    def timing(self) -> TimingConfig:
+        return TimingConfig(warmup=self.warmup, min_seconds=self.min_seconds, max_seconds=self.max_seconds)
+
+
+@dataclass
+class BenchRow:
+    model: str
+    backend: str
+    batch: int
+    mode: str = "infer"  # infer: backend.infer on a ready batch; raw / pipeline: see --pipeline
+    status: str = "ok"  # ok | unavailable | failed | skipped
+    reason: str = ""
+    provider: str = ""
+    arch: str = ""
+    precision: str = ""
+    input: str = ""  # HxWxC timed
+    images_per_second: float | None = None
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    calls: int = 0
+    stable: bool | None = None
+    gflops_per_image: float | None = None
+    gflops_per_second: float | None = None
+    percent_of_peak: float | None = None
+    vs_keras: float | None = None  # images/s over the same-arch keras row at this batch
+    vs_raw: float | None = None  # pipeline rows: images/s over the raw row
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BenchRow:
+        reject_unknown_keys(cls, data, "bench row: unknown keys")
+        return cls(**data)

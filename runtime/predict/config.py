@@ -1,0 +1,63 @@
+"""``PredictConfig``: every option of ``fcnx predict``, one field per flag."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..backends.ort import OrtOptions
+from ..backends.registry import CHOICES
+from ..flags import opt
+from .outputs import FORMATS
+from .segmenter import FITS
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    model: str = opt("", "a .onnx, .engine, .keras file or training run folder", cli=False)
+    inputs: tuple[str, ...] = opt((), "folders, globs, image files or text files of paths", cli=False)
+    out: str = opt("", "output folder", cli=False)
+    batch: int | None = opt(None, "images per inference batch (default: 8, or the model's fixed batch)")
+    backend: str = opt("auto", "inference backend", choices=CHOICES)
+    workers: int = opt(
+        2, "threads reading/decoding and (as many) encoding/writing images; with --ray: model replicas"
+    )
+    format: str = opt("png", "mask file format: palette PNG of class ids, or .npy", choices=FORMATS)
+    overlay: bool = opt(False, "also write IMAGE.overlay.jpg: the image tinted by class")
+    overwrite: bool = opt(False, "redo every output, also those of another model in OUT")
+    fit: str = opt("auto", "fitting images to a fixed-size model: resize, or pad (letterbox)", choices=FITS)
+    progress: bool = opt(True, "progress bar on the terminal")
+    threads: int | None = opt(None, "onnxruntime CPU threads (default: the usable cores)")
+    cuda_graph: bool = opt(False, "ort-cuda: replay a captured CUDA graph (fixed-batch exports only)")
+    trt_cache: str | None = opt(
+        None, "ort-trt: engine and timing cache folder (default: .trt-cache next to the ONNX)", metavar="DIR"
+    )
+
+    ray: bool = opt(False, 'run on Ray Data (pip install "fcnx[ray]"): a local cluster, or --address')
+    address: str | None = opt(
+        None,
+        "--ray: the cluster to join, e.g. ray://head:10001 or auto (default: start a local one)",
+        metavar="ADDR",
+    )
+    gpus_per_worker: float = opt(0.0, "--ray: GPUs per model replica (Ray actor)")
+    cpus_per_worker: float | None = opt(
+        None, "--ray: CPUs per model replica (default: a local cluster's cores / --workers, else 1)"
+    )
+
+    def ort_options(self, threads: int | None = None) -> OrtOptions:
+        return OrtOptions(
+            threads=threads or self.threads, cuda_graph=self.cuda_graph, trt_cache=self.trt_cache
+        )
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"--workers must be at least 1, got {self.workers}")
+        if self.batch is not None and self.batch < 1:
+            raise ValueError(f"--batch must be at least 1, got {self.batch}")
+        if not self.ray:
+            given = [f for f in ("address", "cpus_per_worker") if getattr(self, f) is not None]
+            given += ["gpus_per_worker"] if self.gpus_per_worker else []
+            if given:
+                flags = ", ".join("--" + f.replace("_", "-") for f in given)
+                raise ValueError(f"{flags} only apply with --ray")
+        if self.gpus_per_worker < 0 or (self.cpus_per_worker is not None and self.cpus_per_worker <= 0):
+            raise ValueError("--gpus-per-worker must be >= 0 and --cpus-per-worker > 0")

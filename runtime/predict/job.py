@@ -1,0 +1,203 @@
+"""``predict_folder``: the life of one ``fcnx predict`` job, whoever runs it.
+
+Collect the inputs, load the model, claim the output folder for it (manifest.py),
+plan the work (name collisions are failures; outputs already there are skipped on a
+rerun), run it with a progress bar — on this machine's threads (local.py) or on Ray
+Data (ray.py), which only execute the planned tasks and report each file back — then
+write ``failures.jsonl`` and ``summary.json``. A runner never repeats any of this.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..atomic import atomic_write_text
+from ..backends.base import Backend
+from ..backends.registry import load, model_kind
+from ..card import library_versions
+from .config import PredictConfig
+from .failures import FailureLog
+from .inputs import InputFile, Task, collect_inputs
+from .local import run_local
+from .manifest import Manifest, claim_folder, fingerprint, remove_stale_temp_files
+from .outputs import output_paths
+from .ray import run_on_ray
+from .segmenter import Segmenter
+
+EXIT_OK = 0
+EXIT_FAILURES = 3  # the run completed, some files failed (see failures.jsonl)
+
+
+@dataclass
+class Counts:
+    total: int = 0
+    written: int = 0
+    skipped: int = 0  # outputs already there from an earlier run of the same model
+    failed: int = 0
+
+
+class Progress:
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.bar: Any = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="img", dynamic_ncols=True, disable=None)
+
+    def update(self, failed: int) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            if failed:
+                self.bar.set_postfix(failed=failed, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def open_output(config: PredictConfig, fit: str) -> tuple[Manifest, bool, int]:
+    """Create OUT, claim it for this model (resume: True when it already holds this
+    model's outputs), and remove temp files an interrupted run left."""
+    out = Path(config.out)
+    manifest = Manifest(str(config.model), fingerprint(config.model), fit)
+    out.mkdir(parents=True, exist_ok=True)
+    resume = claim_folder(out, manifest, config.overwrite)
+    return manifest, resume, remove_stale_temp_files(out)
+
+
+def plan_tasks(
+    items: list[InputFile],
+    out: Path,
+    config: PredictConfig,
+    resume: bool,
+    counts: Counts,
+    failures: FailureLog,
+) -> list[Task]:
+    """What to do, decided before the first image is read: name collisions are
+    failures, inputs whose outputs all exist (resume) are skipped."""
+    claimed: dict[str, str] = {}  # output path -> the input that got it
+    tasks = []
+    for item in items:
+        paths = output_paths(out, item.relative, config.format, config.overlay)
+        first = str(paths[0])
+        if first in claimed:
+            counts.failed += 1
+            failures.record(item.path, "output", f"same output {paths[0]} as {claimed[first]}; rename one")
+            continue
+        claimed[first] = item.path
+        if resume and all(p.is_file() for p in paths):
+            counts.skipped += 1
+            continue
+        tasks.append((item, paths))
+    return tasks
+
+
+def _driver_backend(config: PredictConfig) -> Backend:
+    """The model as this process loads it. With Ray the driver only checks the model and
+    the flags (an ONNX on the CPU provider, so the driver needs no GPU); the workers load
+    their own."""
+    if not config.ray:
+        return load(config.model, config.backend, config.ort_options())
+    backend = "ort-cpu" if model_kind(config.model) == "onnx" else config.backend
+    return load(config.model, backend, config.ort_options(threads=1))
+
+
+def predict_folder(config: PredictConfig, backend: Backend | None = None) -> dict[str, Any]:
+    """Run the whole job; returns the summary (also written to OUT/summary.json).
+    ``backend``: an already loaded model to run on (local runs only)."""
+    if config.ray and backend is not None:
+        raise ValueError("with ray=True every Ray worker loads the model itself; pass no backend")
+    started = time.perf_counter()
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    items = collect_inputs(config.inputs)
+    out = Path(config.out)
+    own_backend = backend is None
+    backend = backend or _driver_backend(config)
+    try:
+        segmenter = Segmenter(backend, config.batch, config.fit)
+        if config.ray:
+            backend.close()
+        manifest, resume, stale = open_output(config, segmenter.fit)
+        counts = Counts(total=len(items))
+        failures = FailureLog(out)
+        tasks = plan_tasks(items, out, config, resume, counts, failures)
+        progress = Progress(len(tasks), config.progress)  # the bar's rate counts real work only
+
+        def report(path: str, stage: str, error: str) -> None:
+            if error:
+                counts.failed += 1
+                failures.record(path, stage, error)
+            else:
+                counts.written += 1
+            progress.update(counts.failed)
+
+        run: dict[str, Any] = {
+            "backend": backend.name,
+            "provider": backend.provider,
+            "backend_notes": list(backend.notes),
+            "batch": segmenter.batch_size,
+            "fit": segmenter.fit,
+        }
+        run_started = time.perf_counter()
+        interrupted = False
+        try:
+            if config.ray:
+                run_on_ray(config, segmenter, tasks, report, run)
+            else:
+                run_local(config, segmenter, tasks, report)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            progress.close()
+            failures.close()
+        seconds = time.perf_counter() - run_started
+    finally:
+        if own_backend:
+            backend.close()
+    summary = {
+        "counts": asdict(counts),
+        "seconds": round(seconds, 3),
+        "images_per_second": round(counts.written / seconds, 3) if seconds > 0 else None,
+        "interrupted": interrupted,
+        "out": str(config.out),
+        "model": str(config.model),
+        "model_sha256": manifest.model_sha256,
+        **run,
+        "workers": config.workers,
+        "format": config.format,
+        "overlay": config.overlay,
+        "stale_temp_files_removed": stale,
+        "started_at": started_at,
+        "wall_seconds": round(time.perf_counter() - started, 3),
+        "versions": library_versions(
+            "fcnx", "numpy", "opencv-python-headless", "pillow", "onnxruntime", "onnxruntime-gpu", "tensorrt",
+            "ray",
+        ),
+    }  # fmt: skip
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    if interrupted:
+        raise KeyboardInterrupt
+    return summary
+
+
+def exit_code(summary: dict[str, Any]) -> int:
+    return EXIT_FAILURES if summary["counts"]["failed"] else EXIT_OK
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    c = summary["counts"]
+    rate = summary["images_per_second"]
+    lines = [
+        f"{c['written']} written, {c['skipped']} already done, {c['failed']} failed of {c['total']} "
+        f"in {summary['seconds']:.1f} s ({rate or 0:.2f} images/s) on {summary['backend']} "
+        f"({summary['provider']}), batch {summary['batch']}",
+        f"outputs: {summary['out']}",
+    ]
+    if c["failed"]:
+        lines.append(f"failures: {Path(summary['out']) / 'failures.jsonl'}")
+    return "\n".join(lines)

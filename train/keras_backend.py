@@ -1,0 +1,64 @@
+"""The original Keras model behind the runtime's Backend class, so bench and parity
+time and compare it exactly like the exported artifacts. It lives in fcnx.train (not
+the runtime) because it imports Keras; the runtime's backend registry names it by
+module path, so ``fcnx.runtime.load`` reaches it without importing it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fcnx.runtime.backends.base import Backend
+from fcnx.runtime.card import ModelCard, default_palette
+
+
+def card_for(model: Any, card: ModelCard | None) -> ModelCard:
+    """The run's card, or one made from the model itself for a bare .keras file."""
+    if card is not None:
+        return card
+    channels = int(model.inputs[0].shape[-1])
+    classes = int(model.outputs[0].shape[-1])
+    kind = "sigmoid" if classes == 1 else "softmax"
+    n = 2 if classes == 1 else classes
+    return ModelCard(
+        architecture=model.name,
+        classes=tuple(f"class{k}" for k in range(n)),
+        palette=default_palette(n),
+        input_channels=channels,
+        output_kind=kind,
+    )
+
+
+class KerasBackend(Backend):
+    """``infer(uint8 (N, H, W, C)) -> {"probs": float32, "mask": uint8}``, through
+    ``model.predict_on_batch`` (the graph-compiled path, without ``predict``'s per-call
+    dataset setup)."""
+
+    def __init__(self, path: str | Path, name: str = "keras", options: Any = None) -> None:
+        import keras
+
+        from .evaluate import find_card, load_keras_model, resolve_model_path
+
+        super().__init__(resolve_model_path(path))
+        self.model = load_keras_model(self.path)
+        self.card = card_for(self.model, find_card(self.path))
+        self.name = "keras"
+        self.provider = f"keras {keras.__version__} ({keras.backend.backend()})"
+        self.max_batch: int | None = None
+        self.fixed_batch = False
+        shape = self.model.inputs[0].shape
+        self.input_hw: tuple[int | None, int | None] = (shape[1], shape[2])
+        self.output_names = ["probs", "mask"]
+
+    def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        probs = np.asarray(self.model.predict_on_batch(batch), dtype=np.float32)
+        if probs.shape[-1] == 1:
+            mask = (probs[..., 0] > 0.5).astype(np.uint8)
+        else:
+            mask = probs.argmax(axis=-1).astype(np.uint8)
+        return {"probs": probs, "mask": mask}
+
+    def _release(self) -> None:
+        self.model = None
