@@ -21,20 +21,13 @@ import numpy as np
 
 from ..backends.base import BackendError
 from ..backends.ort import OrtOptions, import_onnxruntime, session_options, usable_cores
+from ..data import data_file
 from .timing import best_seconds
-
-DATA = Path(__file__).parents[1] / "data"
 
 
 def ceiling_model_path(precision: str) -> Path:
     """``data/matmul_fp32.onnx`` or ``data/matmul_fp16.onnx``: C = A @ B, any sizes."""
-    path = DATA / f"matmul_{precision}.onnx"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: the {precision} ceiling model is missing from the fcnx install; "
-            "regenerate it with: python -m fcnx.export.ceiling_models runtime/data"
-        )
-    return path
+    return data_file(f"matmul_{precision}.onnx", "python -m fcnx.export.ceiling_models runtime/data")
 
 
 def matmul_flops(size: int) -> int:

@@ -261,7 +261,7 @@ def run_pipeline_rows(config: BenchConfig, contenders: list[Contender]) -> list[
 
 
 def run_bench(config: BenchConfig) -> dict[str, Any]:
-    """The whole run: ceiling, contenders, rows. Returns the report (see bench_report)."""
+    """The whole run: ceiling, contenders, rows. Returns the report (see report.py)."""
     if not config.models:
         raise ValueError("fcnx bench needs at least one model file")
     config.batches(), config.backend_names()  # validate before any slow work

@@ -18,12 +18,17 @@ def png(array: np.ndarray) -> bytes:
     return data.tobytes()
 
 
-def bomb() -> bytes:
-    """A valid small PNG whose header claims 20000 x 20000 pixels."""
+def claims(width: int, height: int) -> bytes:
+    """A valid 8x8 PNG whose header claims ``width`` x ``height`` pixels."""
     data = bytearray(png(np.zeros((8, 8), np.uint8)))
-    data[16:24] = struct.pack(">II", 20000, 20000)
+    data[16:24] = struct.pack(">II", width, height)
     data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
     return bytes(data)
+
+
+def bomb() -> bytes:
+    """A few bytes whose header claims 20000 x 20000 pixels."""
+    return claims(20000, 20000)
 
 
 def exif_rotated_jpeg(array: np.ndarray) -> bytes:

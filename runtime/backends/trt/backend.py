@@ -3,7 +3,7 @@ API on one CUDA stream, pinned host buffers and double buffering.
 
 Written to the documented TensorRT 10/11 Python API and cuda-python's runtime module,
 and kept thin: the sidecar check, the tensor checks and sizes, the batch rows and the
-order of the double-buffered work are plain functions (engine_sidecar, trt_buffers)
+order of the double-buffered work are plain functions (sidecar.py, buffers.py)
 that CPU tests cover. TensorRT cannot be installed on fcnx's CI or development
 machines, so the calls here run against a recording stand-in there, and against the
 real library only in the ``tensorrt``-marked test.

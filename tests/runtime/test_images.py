@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fcnx.runtime.images import MAX_PIXELS, ImageError, pad_to_multiple, read_image
+
+from .image_files import claims
+
+
+def test_importing_fcnx_leaves_pillows_bomb_guard_alone() -> None:
+    code = "from PIL import Image; before = Image.MAX_IMAGE_PIXELS; import fcnx.runtime, fcnx.runtime.cli; "
+    code += "from fcnx.runtime.images import read_image; print(before, Image.MAX_IMAGE_PIXELS)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    before, after = out.stdout.split()
+    assert before == after != "None"
+
+
+def test_a_header_over_fcnxs_limit_is_refused_before_decoding(tmp_path: Path) -> None:
+    # 14200 x 14200 = 201.6 Mpx: over fcnx's 200 Mpx, and over Pillow's own error threshold
+    # (2 x MAX_IMAGE_PIXELS = 179 Mpx), which fcnx's header read must not trip over.
+    assert 14200 * 14200 > MAX_PIXELS > 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    path = tmp_path / "huge.png"
+    path.write_bytes(claims(14200, 14200))
+    with pytest.raises(ImageError, match=r"huge\.png: 14200x14200 pixels is over the limit of 200000000"):
+        read_image(path, 1)
+
+
+def test_a_header_under_the_limit_goes_on_to_decoding(tmp_path: Path) -> None:
+    # 190 Mpx is over Pillow's threshold but under fcnx's: the header check lets it through,
+    # and the decoder then finds that 8x8 pixels of data do not fill it
+    path = tmp_path / "large.png"
+    path.write_bytes(claims(19000, 10000))
+    with pytest.raises(ImageError, match=r"large\.png: not a decodable image"):
+        read_image(path, 1)
+
+
+def test_pad_to_multiple_mirrors_and_keeps_the_original_top_left() -> None:
+    image = np.arange(5 * 7, dtype=np.uint8).reshape(5, 7, 1)
+    padded = pad_to_multiple(image, 4)
+    assert padded.shape == (8, 8, 1)
+    np.testing.assert_array_equal(padded[:5, :7], image)
+    np.testing.assert_array_equal(padded[5, :7], image[4])  # symmetric: the edge row repeats
+    assert pad_to_multiple(image, 1) is image
