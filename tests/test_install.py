@@ -31,9 +31,12 @@ def _run(command: list[str], cwd: Path, timeout: int = 600) -> subprocess.Comple
 @pytest.fixture(scope="module")
 def lean_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("lean")
-    built = _run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp / "dist"), str(ROOT)], tmp
+    source = tmp / "src"  # a copy, so the build leaves nothing in the checkout
+    shutil.copytree(
+        ROOT, source, ignore=shutil.ignore_patterns(".*", "build", "dist", "*.egg-info", "__pycache__")
     )
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp / "dist"), str(source)]
+    built = _run(command, tmp)
     assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = (tmp / "dist").glob("fcnx-*.whl")
     venv.create(tmp / "venv", with_pip=True)

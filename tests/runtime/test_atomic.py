@@ -36,6 +36,8 @@ def test_files_get_the_processs_umask_and_importing_fcnx_does_not_change_it(tmp_
         "import os; os.umask(0o027); import fcnx.runtime; from fcnx.runtime.atomic import atomic_write_text; "
         f"atomic_write_text({str(target)!r}, 'x'); print(oct(os.umask(0o022)))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
     assert out.stdout.strip() == "0o27"  # the umask the process set, untouched by fcnx
     assert target.stat().st_mode & 0o777 == 0o640

@@ -16,7 +16,9 @@ from .image_files import claims
 def test_importing_fcnx_leaves_pillows_bomb_guard_alone() -> None:
     code = "from PIL import Image; before = Image.MAX_IMAGE_PIXELS; import fcnx.runtime, fcnx.runtime.cli; "
     code += "from fcnx.runtime.images import read_image; print(before, Image.MAX_IMAGE_PIXELS)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
     before, after = out.stdout.split()
     assert before == after != "None"
 
