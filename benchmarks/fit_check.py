@@ -75,16 +75,16 @@ def miou(probs: list[np.ndarray], masks: list[np.ndarray], classes: int, thresho
 
 def check(run: Path) -> dict[str, Any]:
     from fcnx.train.config import TrainConfig
-    from fcnx.train.evaluate import load_keras_model, predict_probabilities
+    from fcnx.train.evaluate import predict_probabilities
     from fcnx.train.fit import load_training_data
+    from fcnx.train.model_file import load_keras_model
 
     config = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
     train_set, val_set = load_training_data(dataclasses.replace(config, resume=False))
     model = load_keras_model(run / "best.keras")
     classes = train_set.classes.num_classes
-    stride = config.model.output_stride
-    train_probs = predict_probabilities(model, train_set.images, stride)
-    val_probs = predict_probabilities(model, val_set.images, stride)
+    train_probs = predict_probabilities(model, train_set.images)
+    val_probs = predict_probabilities(model, val_set.images)
     row: dict[str, Any] = {
         "run": str(run),
         "arch": config.model.arch,

@@ -214,8 +214,8 @@ def export_onnx(config: OnnxExportConfig) -> dict[str, Any]:
     """Export, check, prove parity, then write. Returns a summary with the parity rows."""
     import onnx
 
-    from fcnx.train.evaluate import find_card, load_keras_model, resolve_model_path
     from fcnx.train.keras_backend import card_for
+    from fcnx.train.model_file import find_card, load_keras_model, resolve_model_path
 
     from .onnx_graph import set_card
     from .parity_check import check_against_keras

@@ -4,7 +4,8 @@ Tensor comparisons (max/mean absolute probability error) are not enough for
 segmentation: what users see is the mask. So each artifact is also judged by mask
 agreement with Keras, agreement near class boundaries (where reduced precision flips
 pixels first), IoU of its masks against the Keras masks, and, with ground truth, the
-change in mIoU. Budgets come from one table keyed by precision (DESIGN.md).
+change in mIoU. Budgets come from one table keyed by precision, ``BUDGETS`` below
+(the README's parity section quotes it).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import cv2
 import numpy as np
 
 from fcnx.runtime.metrics import confusion_matrix, mean_iou, per_class_iou
+from fcnx.runtime.predict.segmenter import mask_from_probs
 
 
 @dataclass(frozen=True)
@@ -33,13 +35,6 @@ BUDGETS: dict[str, Budget] = {
 }
 
 BOUNDARY_RADIUS = 2  # pixels
-
-
-def masks_from_probs(probs: np.ndarray) -> np.ndarray:
-    """(N, H, W, C) probabilities -> (N, H, W) uint8 class ids (C == 1: sigmoid > 0.5)."""
-    if probs.shape[-1] == 1:
-        return (probs[..., 0] > 0.5).astype(np.uint8)
-    return probs.argmax(axis=-1).astype(np.uint8)
 
 
 def boundary_band(mask: np.ndarray, radius: int = BOUNDARY_RADIUS) -> np.ndarray:
@@ -108,7 +103,7 @@ class ParityAccumulator:
         artifact_probs: np.ndarray | None = None,
         truth: np.ndarray | None = None,
     ) -> None:
-        keras_mask = masks_from_probs(keras_probs)
+        keras_mask = mask_from_probs(keras_probs)
         if artifact_mask.shape != keras_mask.shape:
             raise ValueError(
                 f"artifact mask shape {artifact_mask.shape} != Keras mask shape {keras_mask.shape}"

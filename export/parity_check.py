@@ -9,14 +9,15 @@ from typing import Any
 import cv2
 import numpy as np
 
-from fcnx.runtime.backends.base import native_size
-from fcnx.runtime.backends.ort import BackendError, OrtBackend
+from fcnx.runtime.backends.base import Backend, BackendError, native_size
+from fcnx.runtime.backends.ort import OrtBackend
 from fcnx.runtime.card import ModelCard
-from fcnx.runtime.images import list_images, read_image, read_label
-from fcnx.runtime.predict.segmenter import Prepared, Segmenter
-from fcnx.train.evaluate import class_spec_from_card
+from fcnx.runtime.images import dataset_images, read_image, read_label
+from fcnx.runtime.predict.segmenter import Segmenter
+from fcnx.train.evaluate import keras_segmenter
+from fcnx.train.labels import class_spec_from_card
 
-from .parity import ParityAccumulator, ParityRow, masks_from_probs
+from .parity import ParityAccumulator, ParityRow
 
 DEFAULT_SIZE = (256, 256)
 
@@ -34,10 +35,7 @@ def parity_images(
     if data is None:
         return images, truths, names
     folder = Path(data)
-    image_dir = folder / "image" if (folder / "image").is_dir() else folder
-    files = list_images(image_dir)
-    if not files:
-        raise ValueError(f"{image_dir}: no images for the parity check")
+    files = dataset_images(folder, "images for the parity check")
     classes = class_spec_from_card(card)
     for path in files:
         image = read_image(path, card.input_channels)
@@ -59,25 +57,14 @@ def parity_images(
     return images, truths, names
 
 
-def _batches(n: int, size: int) -> list[range]:
-    return [range(i, min(i + size, n)) for i in range(0, n, size)]
-
-
-def keras_probs(model: Any, images: list[np.ndarray], batch_size: int = 4) -> np.ndarray:
-    out = [
-        np.asarray(model.predict_on_batch(np.stack([images[i] for i in idx])))
-        for idx in _batches(len(images), batch_size)
-    ]
-    return np.concatenate(out).astype(np.float32)
-
-
-def run_backend(backend: OrtBackend, images: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """All images (already at the model's size) through the backend, batched by the
-    runtime's own Segmenter (a fixed batch is padded there); outputs in model space."""
-    segmenter = Segmenter(backend)
-    items = ((i, Prepared(image, image.shape[:2], image.shape[:2])) for i, image in enumerate(images))
-    results = [outputs for _, _, outputs in segmenter.stream(items, probs=segmenter.has_probs)]
-    return {name: np.stack([r[name] for r in results]) for name in results[0]}
+def run_backend(backend: Backend, images: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """All images through the runtime's one prediction path (Segmenter); "mask" always (the
+    graph's own when it has one), "probs" when the model has them, stacked."""
+    outputs = Segmenter(backend).segment(images, probs="probs" in backend.output_names)
+    stacked = {"mask": np.stack([o.mask for o in outputs])}
+    if outputs[0].probs is not None:
+        stacked["probs"] = np.stack([o.probs for o in outputs])
+    return stacked
 
 
 def check_against_keras(
@@ -107,20 +94,11 @@ def check_against_keras(
         size = native_size(backend, DEFAULT_SIZE)
         if size not in cache:
             images, truths, _ = parity_images(card, size, data, random_images)
-            cache[size] = (images, truths, keras_probs(model, images))
+            reference = keras_segmenter(model, card).predict(images, probs=True)
+            cache[size] = (images, truths, np.stack(reference))
         images, truths, reference = cache[size]
         outputs = run_backend(backend, images)
-        probs = outputs.get("probs")
-        mask = outputs.get("mask")
-        if mask is None and probs is not None:
-            mask = masks_from_probs(probs)
-        if mask is None:
-            rows.append(
-                ParityRow(
-                    shown, backend.card.precision, failures=["the artifact has no probs or mask output"]
-                )
-            )
-            continue
+        probs, mask = outputs.get("probs"), outputs["mask"]
         accumulator = ParityAccumulator(shown, backend.card.precision, card.num_classes)
         for j, truth in enumerate(truths):
             accumulator.add(

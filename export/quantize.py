@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from fcnx.runtime.card import ModelCard
-from fcnx.runtime.images import IMAGE_SUFFIXES, ImageError, read_image
+from fcnx.runtime.images import ImageError, dataset_images, read_image
 
 INT8_FORMATS = ("s8s8", "u8s8", "u8u8")
 METHODS = ("minmax", "entropy", "percentile")
@@ -76,14 +76,10 @@ class Int8Options:
 
 def calibration_files(folder: str | Path) -> list[Path]:
     """Image files in ``folder/image`` (a dataset) or ``folder``, sorted."""
-    root = Path(folder)
-    images = root / "image" if (root / "image").is_dir() else root
-    if not images.is_dir():
-        raise CalibrationError(f"{root}: calibration folder not found")
-    files = sorted(p for p in images.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise CalibrationError(f"{images}: no calibration images ({', '.join(IMAGE_SUFFIXES)})")
-    return files
+    try:
+        return dataset_images(folder, "calibration images")
+    except ValueError as exc:
+        raise CalibrationError(str(exc)) from None
 
 
 def calibration_batches(fp32_path: Path, options: Int8Options) -> list[np.ndarray]:

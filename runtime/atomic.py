@@ -1,7 +1,8 @@
 """Atomic file writes: a temp file in the same folder, then ``os.replace``.
 
 A reader (or a resumed run) sees either the old file or the complete new one, never
-half of one. Used for every file fcnx writes: cards, masks, checkpoints, ONNX, engines.
+half of one. Used for every file fcnx writes: cards, masks, ONNX, engines, and (through
+``replace_durably``) the training checkpoints Keras writes itself.
 """
 
 from __future__ import annotations
@@ -23,17 +24,26 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     tmp = _create_temp(path, suffix if suffix is not None else ".tmp")
     try:
         yield tmp
-        os.replace(tmp, path)
+        replace_durably(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
+def replace_durably(tmp: str | Path, path: str | Path) -> None:
+    """Put the finished ``tmp`` in place of ``path``: its bytes reach the disk first, so
+    after a power cut ``path`` is the old file or the whole new one, never an empty one."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

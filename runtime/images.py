@@ -127,6 +127,20 @@ def read_label(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(label)
 
 
+def dataset_images(folder: str | Path, what: str) -> list[Path]:
+    """The image files of ``folder/image`` (a dataset: image/ and label/) or else of
+    ``folder`` itself, sorted; an error naming the folder when there are none. ``what``
+    names them in that error, e.g. "calibration images"."""
+    root = Path(folder)
+    images = root / "image" if (root / "image").is_dir() else root
+    if not images.is_dir():
+        raise ValueError(f"{root}: no such folder (of {what})")
+    found = list_images(images)
+    if not found:
+        raise ValueError(f"{images}: no {what} ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    return found
+
+
 def list_images(folder: str | Path) -> list[Path]:
     """Image files directly in ``folder``, sorted by name."""
     folder = Path(folder)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 
 import keras
 
-from fcnx.runtime.atomic import atomic_write_text
+from fcnx.runtime.atomic import atomic_write_text, replace_durably
 from fcnx.runtime.card import ModelCard, library_versions
 
 from .config import TrainConfig
@@ -57,7 +56,7 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
             if self._twin is not None:
                 self._twin.set_weights(self.model.get_weights())
                 self._twin.save(self._partial, overwrite=True)
-            os.replace(self._partial, self._final)
+            replace_durably(self._partial, self._final)
 
 
 def _cpu_flags() -> set[str]:
@@ -249,10 +248,11 @@ def train(
     )
     seconds = time.perf_counter() - started
 
-    from .evaluate import evaluate_samples, load_keras_model
+    from .evaluate import evaluate_samples
+    from .model_file import load_keras_model
 
     best = load_keras_model(out / "best.keras")
-    metrics = evaluate_samples(best, val_set, model_config.head)
+    metrics = evaluate_samples(best, val_set)
     metrics["train_seconds"] = round(seconds, 1)
     metrics["epochs"] = config.epochs
     make_card(config, train_set, val_set, metrics, precision).write(out / "card.json")

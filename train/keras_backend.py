@@ -12,6 +12,9 @@ import numpy as np
 
 from fcnx.runtime.backends.base import Backend
 from fcnx.runtime.card import ModelCard, default_palette
+from fcnx.runtime.predict.segmenter import mask_from_probs
+
+from .model_file import find_card, load_keras_model, resolve_model_path
 
 
 def card_for(model: Any, card: ModelCard | None) -> ModelCard:
@@ -36,14 +39,26 @@ class KerasBackend(Backend):
     ``model.predict_on_batch`` (the graph-compiled path, without ``predict``'s per-call
     dataset setup)."""
 
-    def __init__(self, path: str | Path, name: str = "keras", options: Any = None) -> None:
+    def __init__(
+        self,
+        path: str | Path = "<keras model>",
+        name: str = "keras",
+        options: Any = None,
+        model: Any = None,
+        card: ModelCard | None = None,
+    ) -> None:
+        """A .keras file or run folder (its card.json when there is one), or an in-memory
+        ``model`` (with its ``card``, else one made from the model)."""
         import keras
 
-        from .evaluate import find_card, load_keras_model, resolve_model_path
-
-        super().__init__(resolve_model_path(path))
-        self.model = load_keras_model(self.path)
-        self.card = card_for(self.model, find_card(self.path))
+        if model is None:
+            super().__init__(resolve_model_path(path))
+            self.model = load_keras_model(self.path)
+            card = find_card(self.path)
+        else:
+            super().__init__(path)
+            self.model = model
+        self.card = card_for(self.model, card)
         self.name = "keras"
         self.provider = f"keras {keras.__version__} ({keras.backend.backend()})"
         self.max_batch: int | None = None
@@ -54,11 +69,7 @@ class KerasBackend(Backend):
 
     def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         probs = np.asarray(self.model.predict_on_batch(batch), dtype=np.float32)
-        if probs.shape[-1] == 1:
-            mask = (probs[..., 0] > 0.5).astype(np.uint8)
-        else:
-            mask = probs.argmax(axis=-1).astype(np.uint8)
-        return {"probs": probs, "mask": mask}
+        return {"probs": probs, "mask": mask_from_probs(probs)}
 
     def _release(self) -> None:
         self.model = None

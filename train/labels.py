@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fcnx.runtime.card import default_palette
+from fcnx.runtime.card import ModelCard, default_palette
 
 MAX_AUTO_CLASSES = 32
 
@@ -117,3 +117,8 @@ def detect_classes(values: set[int], colour_files: list[str]) -> ClassSpec:
         f"labels hold values {sorted(values)[:8]}{'...' if len(values) > 8 else ''}: not 0/255 "
         f"binary masks nor class ids below {MAX_AUTO_CLASSES}; write a classes file (--classes)"
     )
+
+
+def class_spec_from_card(card: ModelCard) -> ClassSpec:
+    encoding = str(card.training.get("label_encoding", "index"))
+    return ClassSpec(card.classes, card.palette, encoding)

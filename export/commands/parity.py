@@ -23,8 +23,8 @@ def run(args: argparse.Namespace) -> int:
     from fcnx.export.parity import format_rows
     from fcnx.export.parity_check import check_against_keras
     from fcnx.runtime.atomic import atomic_write_text
-    from fcnx.train.evaluate import find_card, load_keras_model
     from fcnx.train.keras_backend import card_for
+    from fcnx.train.model_file import find_card, load_keras_model
 
     model = load_keras_model(args.model)
     card = card_for(model, find_card(args.model))

@@ -27,7 +27,7 @@ import numpy as np
 from ..backends.base import Backend, BackendError, native_size
 from ..backends.registry import backend_spec, load, model_kind
 from ..card import ModelCard
-from ..images import list_images, read_image
+from ..images import dataset_images, list_images, read_image
 from ..predict.config import PredictConfig
 from ..predict.job import predict_folder
 from ..predict.segmenter import Segmenter
@@ -50,18 +50,10 @@ def _gflops(card: ModelCard) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def _data_images(folder: Path) -> list[Path]:
-    images = folder / "image" if (folder / "image").is_dir() else folder
-    found = list_images(images)
-    if not found:
-        raise ValueError(f"{images}: no images to benchmark with")
-    return found
-
-
 def _source_images(config: BenchConfig, channels: int, size: tuple[int, int], count: int) -> list[np.ndarray]:
     """``count`` uint8 (H, W, C) images at the model's size: real ones (cycled) or seeded random."""
     if config.data:
-        files = _data_images(Path(config.data))
+        files = dataset_images(config.data, "images to benchmark with")
         decoded = [read_image(p, channels) for p in files]
         out = []
         for i in range(count):
@@ -200,7 +192,7 @@ def _pipeline_folder(
 ) -> Path:
     """The images ``fcnx predict`` reads: --data as is, or seeded random PNGs written once."""
     if config.data:
-        return _data_images(Path(config.data))[0].parent
+        return dataset_images(config.data, "images to benchmark with")[0].parent
     folder.mkdir()
     for i, image in enumerate(_source_images(config, channels, size, count)):
         cv2.imwrite(str(folder / f"{i:04d}.png"), image)

@@ -126,8 +126,7 @@ class SegmentationPredictor:
                 prepared.append((i, self.segmenter.prepare(np.asarray(image), paths[i])))
             except Exception as exc:
                 errors[i], stages[i] = describe_error(exc), "read"
-        prepared.sort(key=lambda item: (item[1].image.shape, item[0]))  # same shapes share batches
-        for i, p, outputs in self.segmenter.stream(prepared):
+        for i, p, outputs in self.segmenter.stream(self.segmenter.by_shape(prepared)):
             masks[i] = self.segmenter.restore(p, outputs).mask
         out = {k: v for k, v in batch.items() if k != "image" or self.keep_image}
         out.update(

@@ -148,7 +148,7 @@ class Segmenter:
         pending: deque[list[tuple[K, Prepared]]] = deque()
         for outputs in self.backend.infer_stream(self._batches(items, pending)):
             group = pending.popleft()
-            masks = outputs["mask"] if self.has_mask else _mask_from_probs(outputs["probs"])
+            masks = outputs["mask"] if self.has_mask else mask_from_probs(outputs["probs"])
             for i, (key, prepared) in enumerate(group):
                 result = {"mask": masks[i]}
                 if probs:
@@ -169,20 +169,30 @@ class Segmenter:
 
     # -- all three ----------------------------------------------------------------------------------------
 
+    @staticmethod
+    def by_shape(items: Iterable[tuple[K, Prepared]]) -> list[tuple[K, Prepared]]:
+        """Same-shape images next to each other so they share batches (input order within a shape)."""
+        return sorted(items, key=lambda item: item[1].image.shape)
+
+    def segment(self, images: Sequence[np.ndarray], probs: bool = False) -> list[Output]:
+        """Each image's mask (and with ``probs=True`` its probabilities) at its own size, in
+        input order: prepare, batch by shape, infer, restore."""
+        prepared = [self.prepare(image, f"images[{i}]") for i, image in enumerate(images)]
+        results: list[Any] = [None] * len(prepared)
+        for i, p, outputs in self.stream(self.by_shape(enumerate(prepared)), probs=probs):
+            results[i] = self.restore(p, outputs)
+        return results
+
     def predict(self, images: Sequence[np.ndarray], probs: bool = False) -> list[np.ndarray]:
         """Masks (uint8 (H, W) class indices), or with ``probs=True`` probabilities
         (float32 (H, W, K)), each at its image's own size, in input order."""
-        prepared = [self.prepare(image, f"images[{i}]") for i, image in enumerate(images)]
-        # same-shape images next to each other so they share batches
-        order = sorted(range(len(prepared)), key=lambda i: (prepared[i].image.shape, i))
-        results: list[Any] = [None] * len(prepared)
-        for i, p, outputs in self.stream(((i, prepared[i]) for i in order), probs=probs):
-            out = self.restore(p, outputs)
-            results[i] = out.probs if probs else out.mask
-        return results
+        outputs = self.segment(images, probs)
+        return [out.probs for out in outputs if out.probs is not None] if probs else [o.mask for o in outputs]
 
 
-def _mask_from_probs(probs: np.ndarray) -> np.ndarray:
+def mask_from_probs(probs: np.ndarray) -> np.ndarray:
+    """(..., K) probabilities -> (...) uint8 class ids: argmax, or > 0.5 for one sigmoid channel.
+    The one place this is decided (the Keras backend, evaluate and parity use it too)."""
     if probs.shape[-1] == 1:
         return (probs[..., 0] > 0.5).astype(np.uint8)
     return probs.argmax(axis=-1).astype(np.uint8)

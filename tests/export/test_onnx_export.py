@@ -13,7 +13,7 @@ from fcnx.export.onnx_export import ExportError, OnnxExportConfig, ParityError, 
 from fcnx.export.parity import BUDGETS, ParityAccumulator
 from fcnx.runtime.backends.ort import OrtBackend
 from fcnx.runtime.card import ModelCard
-from fcnx.train.evaluate import ModelFileError, load_keras_model
+from fcnx.train.model_file import ModelFileError, load_keras_model
 
 
 def test_exported_file_has_stable_names_uint8_io_and_the_card(tiny_onnx: Path, tiny_run: Path) -> None:

@@ -10,7 +10,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from fcnx.export.parity import ParityAccumulator, boundary_band, format_rows, masks_from_probs
+from fcnx.export.parity import ParityAccumulator, boundary_band, format_rows
+from fcnx.runtime.predict.segmenter import mask_from_probs
 
 
 def test_parity_cli_passes_on_the_export_and_fails_on_a_perturbed_copy(
@@ -56,7 +57,7 @@ def test_accumulator_hand_example() -> None:
     keras_probs = np.zeros((1, 4, 4, 2), np.float32)
     keras_probs[..., 0] = 0.9
     keras_probs[0, :, 2:, 1] = 0.95  # right half class 1
-    keras_mask = masks_from_probs(keras_probs)
+    keras_mask = mask_from_probs(keras_probs)
     artifact_mask = keras_mask.copy()
     artifact_mask[0, 0, 0] = 1  # one flipped pixel out of 16
     truth = keras_mask.copy()
@@ -80,4 +81,4 @@ def test_boundary_band() -> None:
 
 def test_sigmoid_masks() -> None:
     probs = np.array([[[[0.2], [0.7]]]], np.float32)
-    assert masks_from_probs(probs).tolist() == [[[0, 1]]]
+    assert mask_from_probs(probs).tolist() == [[[0, 1]]]

@@ -14,8 +14,9 @@ import pytest
 from fcnx.runtime.card import ModelCard
 from fcnx.train.config import TrainConfig
 from fcnx.train.data import DataError
-from fcnx.train.evaluate import ModelFileError, evaluate, load_keras_model
+from fcnx.train.evaluate import evaluate
 from fcnx.train.fit import train
+from fcnx.train.model_file import ModelFileError, load_keras_model
 
 
 def _history(run: Path) -> list[dict[str, str]]:
@@ -162,9 +163,9 @@ def test_predict_masks_and_probabilities_batch_mixed_sizes_and_crop_back(tiny_ru
         rng.integers(0, 256, shape, np.uint8)
         for shape in [(64, 64, 1), (64, 64, 1), (50, 70, 1), (64, 64, 1)]
     ]
-    masks = predict_masks(model, images, "softmax", batch_size=2)
+    masks = predict_masks(model, images, batch_size=2)
     assert [m.shape for m in masks] == [(64, 64), (64, 64), (50, 70), (64, 64)]
-    alone = predict_masks(model, [images[2]], "softmax")[0]
+    alone = predict_masks(model, [images[2]])[0]
     assert np.array_equal(masks[2], alone)  # batching does not change a result
     probs = predict_probabilities(model, images, batch_size=2)
     assert [p.shape for p in probs] == [(64, 64, 2), (64, 64, 2), (50, 70, 2), (64, 64, 2)]
