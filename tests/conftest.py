@@ -66,6 +66,14 @@ def membrane() -> Path:
 
 
 @pytest.fixture(scope="session")
+def threshold_onnx() -> Path:
+    """The shipped threshold model (mask = pixel > 127): a real fcnx ONNX with a known answer."""
+    from .fakes import THRESHOLD_ONNX
+
+    return THRESHOLD_ONNX
+
+
+@pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """12 synthetic 64x64 EM-like pairs."""
     from fcnx.train.synthetic import write_synthetic_dataset

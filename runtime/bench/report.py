@@ -20,25 +20,19 @@ COLUMNS = [
 ]  # fmt: skip
 
 
+Columns = list[tuple[str, str]]  # (BenchRow field, or "file" for the model's file name; title)
+
+
 def rows_of(report: dict[str, Any]) -> list[BenchRow]:
     return [BenchRow.from_dict(r) for r in report["rows"]]
 
 
-def read_report(path: str | Path) -> dict[str, Any]:
-    """bench.json back, its rows checked against BenchRow (unknown keys are errors)."""
-    path = Path(path)
-    try:
-        report: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        rows_of(report)
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: not an fcnx bench report: {exc}") from None
-    return report
-
-
 def _cell(row: BenchRow, key: str) -> str:
-    value = getattr(row, key)
+    if key == "file":
+        return Path(row.model).name or row.model
     if key == "model":
-        return Path(str(value)).name or str(value)
+        return _model_label(row)
+    value = getattr(row, key)
     if key == "batch" and value == 0:
         return "all"
     if key == "status" and row.status != "ok":
@@ -57,10 +51,10 @@ def _model_label(row: BenchRow) -> str:
     return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
 
 
-def table(report: dict[str, Any], markdown: bool = False) -> str:
+def table(report: dict[str, Any], markdown: bool = False, columns: Columns = COLUMNS) -> str:
     rows = rows_of(report)
-    header = [title for _, title in COLUMNS]
-    body = [[_model_label(r) if k == "model" else _cell(r, k) for k, _ in COLUMNS] for r in rows]
+    header = [title for _, title in columns]
+    body = [[_cell(r, k) for k, _ in columns] for r in rows]
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(cells) + " |" for cells in body]
@@ -80,6 +74,8 @@ def describe_run(report: dict[str, Any]) -> str:
     libs = ", ".join(f"{k} {v}" for k, v in versions.items() if k in ("onnxruntime", "onnxruntime-gpu",
                                                                        "tensorflow", "keras", "tensorrt"))  # fmt: skip
     text = f"Machine: {'; '.join(parts)}. {libs}."
+    if report.get("date"):
+        text += f" Date: {report['date']}."
     cpu = report.get("ceiling", {}).get("cpu")
     if cpu:
         text += (
@@ -92,8 +88,8 @@ def describe_run(report: dict[str, Any]) -> str:
     return text
 
 
-def markdown(report: dict[str, Any]) -> str:
-    return f"{table(report, markdown=True)}\n\n{describe_run(report)}\n"
+def markdown(report: dict[str, Any], columns: Columns = COLUMNS) -> str:
+    return f"{table(report, markdown=True, columns=columns)}\n\n{describe_run(report)}\n"
 
 
 def to_csv(report: dict[str, Any]) -> str:
@@ -106,9 +102,9 @@ def to_csv(report: dict[str, Any]) -> str:
     return buffer.getvalue()
 
 
-def plot(report: dict[str, Any], out: Path) -> list[Path]:
-    """throughput.png (images/s vs batch, a line per model x backend) and latency.png (the
-    per-call latency distribution of every timed row); needs matplotlib."""
+def plot(report: dict[str, Any], out: Path, prefix: str = "") -> list[Path]:
+    """PREFIXthroughput.png (images/s vs batch, a line per model x backend) and
+    PREFIXlatency.png (the per-call latency distribution of every timed row); needs matplotlib."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -131,7 +127,7 @@ def plot(report: dict[str, Any], out: Path) -> list[Path]:
     ax.grid(True, alpha=0.3)
     if lines:
         ax.legend(fontsize=7)
-    written.append(_save(fig, out / "throughput.png"))
+    written.append(_save(fig, out / f"{prefix}throughput.png"))
     plt.close(fig)
 
     timed = [r for r in rows if r.latencies_ms]
@@ -144,7 +140,7 @@ def plot(report: dict[str, Any], out: Path) -> list[Path]:
     ax.set_xlabel("latency per call (ms); whiskers p1-p99")
     ax.set_title("Latency distribution")
     fig.tight_layout()
-    written.append(_save(fig, out / "latency.png"))
+    written.append(_save(fig, out / f"{prefix}latency.png"))
     plt.close(fig)
     return written
 
@@ -155,16 +151,25 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def write_report(report: dict[str, Any], out: str | Path, plots: bool = True) -> list[Path]:
+def write_report(
+    report: dict[str, Any],
+    out: str | Path,
+    plots: bool = True,
+    stem: str = "bench",
+    columns: Columns = COLUMNS,
+    plot_prefix: str = "",
+) -> list[Path]:
+    """OUT/STEM.json (everything, latencies included), STEM.csv, STEM.md (``columns`` of
+    the rows, then the machine and ceiling line) and the plots; returns the paths."""
     out = Path(out)
     written = []
     for name, text in (
-        ("bench.json", json.dumps(report, indent=2) + "\n"),
-        ("bench.csv", to_csv(report)),
-        ("bench.md", markdown(report)),
+        (f"{stem}.json", json.dumps(report, indent=2) + "\n"),
+        (f"{stem}.csv", to_csv(report)),
+        (f"{stem}.md", markdown(report, columns)),
     ):
         atomic_write_text(out / name, text)
         written.append(out / name)
     if plots:
-        written += plot(report, out)
+        written += plot(report, out, plot_prefix)
     return written

@@ -70,7 +70,8 @@ class Segmenter:
                     "on it (export with --batch dynamic for other sizes)"
                 )
             batch_size = limit
-        batch_size = batch_size or min(DEFAULT_BATCH, limit or DEFAULT_BATCH)
+        if batch_size is None:
+            batch_size = min(DEFAULT_BATCH, limit or DEFAULT_BATCH)
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         if limit is not None and batch_size > limit:

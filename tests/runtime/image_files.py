@@ -67,3 +67,16 @@ def bad_files(folder: Path) -> dict[str, str]:
 
 def masks(out: Path) -> dict[str, bytes]:
     return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.png"))}
+
+
+def assert_threshold_masks(inputs: Path, out: Path, names: dict[str, tuple[int, int]]) -> None:
+    """Each good input's mask in OUT is exactly what the threshold model answers for it
+    (pixel > 127 of the image as fcnx reads it: grey, 8-bit, EXIF orientation applied)."""
+    from fcnx.runtime.images import read_image
+
+    from ..fakes import threshold_mask
+
+    for rel, size in names.items():
+        mask = np.array(Image.open(out / Path(rel).with_suffix(".png")))
+        assert mask.shape == size, rel
+        np.testing.assert_array_equal(mask, threshold_mask(read_image(inputs / rel, 1)), err_msg=rel)

@@ -18,7 +18,7 @@ from fcnx.runtime.predict.config import PredictConfig
 from fcnx.runtime.predict.job import EXIT_FAILURES, predict_folder
 from fcnx.runtime.predict.manifest import MANIFEST_NAME
 
-from .image_files import bad_files, good_files, masks, png
+from .image_files import assert_threshold_masks, bad_files, good_files, masks, png
 
 
 def _config(model: Path, inputs: list[Path], out: Path, **kw: Any) -> PredictConfig:
@@ -26,22 +26,21 @@ def _config(model: Path, inputs: list[Path], out: Path, **kw: Any) -> PredictCon
                          progress=False, **kw)  # fmt: skip
 
 
-def test_bad_files_are_recorded_and_good_masks_match_a_clean_run(tiny_onnx: Path, tmp_path: Path) -> None:
+def test_bad_files_are_recorded_and_good_masks_match_a_clean_run(
+    threshold_onnx: Path, tmp_path: Path
+) -> None:
     sizes = good_files(tmp_path / "clean")
-    clean = predict_folder(_config(tiny_onnx, [tmp_path / "clean"], tmp_path / "out_clean", batch=2))
+    clean = predict_folder(_config(threshold_onnx, [tmp_path / "clean"], tmp_path / "out_clean", batch=2))
     assert clean["counts"] == {"total": 5, "written": 5, "skipped": 0, "failed": 0}
 
     good_files(tmp_path / "mixed")
     reasons = bad_files(tmp_path / "mixed")
-    mixed = predict_folder(_config(tiny_onnx, [tmp_path / "mixed"], tmp_path / "out_mixed", batch=2))
+    mixed = predict_folder(_config(threshold_onnx, [tmp_path / "mixed"], tmp_path / "out_mixed", batch=2))
     assert mixed["counts"] == {"total": 9, "written": 5, "skipped": 0, "failed": 4}
     assert mixed["backend"] == "ort-cpu" and mixed["provider"] == "CPUExecutionProvider"
 
-    good = masks(tmp_path / "out_clean")
-    assert good == masks(tmp_path / "out_mixed")  # byte-identical
-    for rel, size in sizes.items():
-        mask = np.array(Image.open(tmp_path / "out_clean" / Path(rel).with_suffix(".png")))
-        assert mask.shape == size, rel
+    assert masks(tmp_path / "out_clean") == masks(tmp_path / "out_mixed")  # byte-identical
+    assert_threshold_masks(tmp_path / "clean", tmp_path / "out_clean", sizes)
 
     lines = (tmp_path / "out_mixed" / "failures.jsonl").read_text().splitlines()
     failures = {Path(r["path"]).name: r for r in map(json.loads, lines)}
@@ -53,15 +52,15 @@ def test_bad_files_are_recorded_and_good_masks_match_a_clean_run(tiny_onnx: Path
     assert summary["counts"]["failed"] == 4 and summary["versions"]["fcnx"]
 
 
-def test_palette_png_npy_and_overlay_outputs(tiny_onnx: Path, tmp_path: Path) -> None:
+def test_palette_png_npy_and_overlay_outputs(threshold_onnx: Path, tmp_path: Path) -> None:
     good_files(tmp_path / "in")
-    predict_folder(_config(tiny_onnx, [tmp_path / "in"], tmp_path / "png", overlay=True))
+    predict_folder(_config(threshold_onnx, [tmp_path / "in"], tmp_path / "png", overlay=True))
     mask = Image.open(tmp_path / "png" / "sub" / "odd.png")
     assert mask.mode == "P" and mask.getpalette()[:6] == [0, 0, 0, 255, 255, 255]
     overlay = cv2.imread(str(tmp_path / "png" / "sub" / "odd.overlay.jpg"))
     assert overlay.shape == (45, 77, 3)
 
-    predict_folder(_config(tiny_onnx, [tmp_path / "in"], tmp_path / "npy", format="npy"))
+    predict_folder(_config(threshold_onnx, [tmp_path / "in"], tmp_path / "npy", format="npy"))
     array = np.load(tmp_path / "npy" / "sub" / "odd.npy")
     np.testing.assert_array_equal(array, np.array(mask))
 
@@ -86,15 +85,17 @@ class _StopAfter:
             yield self.infer(batch)
 
 
-def test_an_interrupted_run_resumes_without_redoing_finished_files(tiny_onnx: Path, tmp_path: Path) -> None:
+def test_an_interrupted_run_resumes_without_redoing_finished_files(
+    threshold_onnx: Path, tmp_path: Path
+) -> None:
     rng = np.random.default_rng(1)
     (tmp_path / "in").mkdir()
     for i in range(10):
         (tmp_path / "in" / f"{i:02d}.png").write_bytes(png(rng.integers(0, 256, (64, 64), np.uint8)))
     out = tmp_path / "out"
-    config = _config(tiny_onnx, [tmp_path / "in"], out, batch=2)
+    config = _config(threshold_onnx, [tmp_path / "in"], out, batch=2)
     with pytest.raises(KeyboardInterrupt):
-        predict_folder(config, backend=_StopAfter(load(tiny_onnx, "ort-cpu"), batches=2))
+        predict_folder(config, backend=_StopAfter(load(threshold_onnx, "ort-cpu"), batches=2))
     first = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
     assert 2 <= len(first) < 10
     assert json.loads((out / "summary.json").read_text())["interrupted"] is True
@@ -108,10 +109,10 @@ def test_an_interrupted_run_resumes_without_redoing_finished_files(tiny_onnx: Pa
     assert len(list(out.glob("*.png"))) == 10 and not list(out.glob(".*.tmp"))
 
 
-def test_a_folder_never_mixes_models(tiny_onnx: Path, tiny_onnx_fixed: Path, tmp_path: Path) -> None:
+def test_a_folder_never_mixes_models(threshold_onnx: Path, tiny_onnx_fixed: Path, tmp_path: Path) -> None:
     good_files(tmp_path / "in")
     out = tmp_path / "out"
-    predict_folder(_config(tiny_onnx, [tmp_path / "in"], out))
+    predict_folder(_config(threshold_onnx, [tmp_path / "in"], out))
     with pytest.raises(ValueError, match="holds outputs of another model"):
         predict_folder(_config(tiny_onnx_fixed, [tmp_path / "in"], out))
     redone = predict_folder(_config(tiny_onnx_fixed, [tmp_path / "in"], out, overwrite=True))
@@ -120,14 +121,16 @@ def test_a_folder_never_mixes_models(tiny_onnx: Path, tiny_onnx_fixed: Path, tmp
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "keep.txt").write_text("user data")
     with pytest.raises(ValueError, match="not written by fcnx predict"):
-        predict_folder(_config(tiny_onnx, [tmp_path / "in"], tmp_path / "other"))
+        predict_folder(_config(threshold_onnx, [tmp_path / "in"], tmp_path / "other"))
 
 
-def test_cli_exit_status_says_completed_with_failures(tiny_onnx: Path, tmp_path: Path, capsys: Any) -> None:
+def test_cli_exit_status_says_completed_with_failures(
+    threshold_onnx: Path, tmp_path: Path, capsys: Any
+) -> None:
     good_files(tmp_path / "in")
     (tmp_path / "in" / "grey.jpg").write_bytes(png(np.zeros((64, 64), np.uint8)))  # same output as grey.png
     code = main(
-        ["predict", str(tiny_onnx), str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--no-progress"]
+        ["predict", str(threshold_onnx), str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--no-progress"]
     )
     assert code == EXIT_FAILURES
     text = capsys.readouterr().out
@@ -135,16 +138,16 @@ def test_cli_exit_status_says_completed_with_failures(tiny_onnx: Path, tmp_path:
     failure = json.loads((tmp_path / "out" / "failures.jsonl").read_text())
     assert failure["stage"] == "output" and "same output" in failure["reason"]
 
-    assert main(["predict", str(tiny_onnx), str(tmp_path / "missing"), "-o", str(tmp_path / "o2")]) == 1
+    assert main(["predict", str(threshold_onnx), str(tmp_path / "missing"), "-o", str(tmp_path / "o2")]) == 1
     assert "no such file, folder or matching pattern" in capsys.readouterr().err
 
 
-def test_write_failures_are_recorded_per_file(tiny_onnx: Path, tmp_path: Path) -> None:
+def test_write_failures_are_recorded_per_file(threshold_onnx: Path, tmp_path: Path) -> None:
     good_files(tmp_path / "in")
     out = tmp_path / "out"
-    predict_folder(_config(tiny_onnx, [tmp_path / "in" / "grey.png"], out))  # claims the folder
+    predict_folder(_config(threshold_onnx, [tmp_path / "in" / "grey.png"], out))  # claims the folder
     (out / "rgba.png").mkdir()  # a folder where a mask must go
-    summary = predict_folder(_config(tiny_onnx, [tmp_path / "in"], out))
+    summary = predict_folder(_config(threshold_onnx, [tmp_path / "in"], out))
     assert summary["counts"] == {"total": 5, "written": 3, "skipped": 1, "failed": 1}
     failure = json.loads((out / "failures.jsonl").read_text())
     assert failure["stage"] == "write" and failure["path"].endswith("rgba.png")

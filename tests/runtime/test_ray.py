@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from fcnx.runtime.backends.registry import load
 from fcnx.runtime.cli import main
@@ -18,7 +19,7 @@ from fcnx.runtime.predict.config import PredictConfig
 from fcnx.runtime.predict.job import EXIT_FAILURES, predict_folder
 from fcnx.runtime.predict.segmenter import Segmenter
 
-from .image_files import bad_files, good_files, masks, png
+from .image_files import assert_threshold_masks, bad_files, good_files, masks, png
 
 ray = pytest.importorskip("ray", reason='Ray is not installed: pip install "fcnx[ray]"')
 
@@ -42,17 +43,24 @@ def _failures(out: Path) -> dict[str, tuple[str, str]]:
 
 
 def test_ray_and_local_runs_write_the_same_bytes_and_failures(
-    cluster: None, tiny_onnx: Path, tmp_path: Path
+    cluster: None, threshold_onnx: Path, tmp_path: Path
 ) -> None:
-    good_files(tmp_path / "in")
+    sizes = good_files(tmp_path / "in")
     bad_files(tmp_path / "in")
     (tmp_path / "in" / "grey.jpg").write_bytes(png(np.zeros((64, 64), np.uint8)))  # same output as grey.png
-    local = predict_folder(_config(tiny_onnx, [tmp_path / "in"], tmp_path / "local", batch=2, overlay=True))
+    local = predict_folder(
+        _config(threshold_onnx, [tmp_path / "in"], tmp_path / "local", batch=2, overlay=True)
+    )
     on_ray = predict_folder(
-        _config(tiny_onnx, [tmp_path / "in"], tmp_path / "ray", batch=2, overlay=True, ray=True, workers=2)
+        _config(
+            threshold_onnx, [tmp_path / "in"], tmp_path / "ray", batch=2, overlay=True, ray=True, workers=2
+        )
     )
     assert on_ray["counts"] == local["counts"] == {"total": 10, "written": 5, "skipped": 0, "failed": 5}
     assert masks(tmp_path / "ray") == masks(tmp_path / "local") and len(masks(tmp_path / "ray")) == 5
+    del sizes["grey.png"]  # grey.jpg came first and got that output (grey.png is the name-collision failure)
+    assert_threshold_masks(tmp_path / "in", tmp_path / "ray", sizes)
+    assert not np.array(Image.open(tmp_path / "ray" / "grey.png")).any()  # grey.jpg is all black
     overlays = sorted(p.relative_to(tmp_path / "ray") for p in (tmp_path / "ray").rglob("*.overlay.jpg"))
     assert len(overlays) == 5
     for rel in overlays:
@@ -66,11 +74,11 @@ def test_ray_and_local_runs_write_the_same_bytes_and_failures(
 
 
 def test_a_ray_rerun_resumes_and_redoes_only_what_is_missing(
-    cluster: None, tiny_onnx: Path, tmp_path: Path
+    cluster: None, threshold_onnx: Path, tmp_path: Path
 ) -> None:
     good_files(tmp_path / "in")
     out = tmp_path / "out"
-    config = _config(tiny_onnx, [tmp_path / "in"], out, ray=True, workers=1)
+    config = _config(threshold_onnx, [tmp_path / "in"], out, ray=True, workers=1)
     assert predict_folder(config)["counts"]["written"] == 5
     done = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
     (out / "grey.png").unlink()
@@ -84,7 +92,7 @@ def test_a_ray_rerun_resumes_and_redoes_only_what_is_missing(
 
 
 def test_segmentation_predictor_in_a_users_own_pipeline(
-    cluster: None, tiny_onnx: Path, tmp_path: Path
+    cluster: None, threshold_onnx: Path, tmp_path: Path
 ) -> None:
     from fcnx.runtime.predict.ray import SegmentationPredictor, read_images
 
@@ -94,7 +102,7 @@ def test_segmentation_predictor_in_a_users_own_pipeline(
     ds = ds.map_batches(read_images, fn_kwargs={"channels": 1}, batch_size=2, num_cpus=0.5)
     ds = ds.map_batches(
         SegmentationPredictor,
-        fn_constructor_kwargs={"model": str(tiny_onnx), "backend": "ort-cpu", "threads": 1},
+        fn_constructor_kwargs={"model": str(threshold_onnx), "backend": "ort-cpu", "threads": 1},
         compute=ray.data.ActorPoolStrategy(size=1),
         batch_size=3,
         num_cpus=1,
@@ -104,7 +112,7 @@ def test_segmentation_predictor_in_a_users_own_pipeline(
 
     from fcnx.runtime.images import read_image
 
-    backend = load(tiny_onnx, "ort-cpu")
+    backend = load(threshold_onnx, "ort-cpu")
     expected = Segmenter(backend).predict([read_image(p, 1) for p in paths])
     backend.close()
     for path, mask in zip(paths, expected):
@@ -113,11 +121,18 @@ def test_segmentation_predictor_in_a_users_own_pipeline(
 
 
 def test_cli_predict_ray_reports_failures_and_cluster_limits(
-    cluster: None, tiny_onnx: Path, tmp_path: Path, capsys: Any
+    cluster: None, threshold_onnx: Path, tmp_path: Path, capsys: Any
 ) -> None:
     good_files(tmp_path / "in")
     (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG not really")
-    args = ["predict", str(tiny_onnx), str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--no-progress"]
+    args = [
+        "predict",
+        str(threshold_onnx),
+        str(tmp_path / "in"),
+        "-o",
+        str(tmp_path / "out"),
+        "--no-progress",
+    ]
     assert main([*args, "--ray", "--workers", "1"]) == EXIT_FAILURES
     text = capsys.readouterr().out
     assert "5 written, 0 already done, 1 failed of 6" in text and "on ray (ort-cpu" in text
