@@ -58,7 +58,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser | Any, cls: type) -> Non
             kwargs["choices"] = f.metadata["choices"]
             kwargs.pop("metavar", None)
         if f.default not in (None, ()) and base is not bool:
-            help_text += f" (default: {f.default})"
+            help_text += f" (default: {str(f.default).replace('%', '%%')})"  # argparse %-formats help
         parser.add_argument(flag, help=help_text, **kwargs)
 
 

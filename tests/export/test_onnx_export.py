@@ -148,3 +148,45 @@ def test_softmax_runs_over_the_last_axis(tiny_onnx: Path) -> None:
     assert softmax[0].output[0] == "probs"
     producer = {o: n for n in graph.node for o in n.output}[softmax[0].input[0]]
     assert producer.op_type == "Transpose"
+
+
+def test_a_sigmoid_head_exports_with_its_in_graph_threshold_and_runs_through_segmenter(
+    tmp_path: Path,
+) -> None:
+    from fcnx.runtime import Segmenter, load
+    from fcnx.train.config import ModelConfig
+    from fcnx.train.models import build_fcn
+
+    keras.utils.set_random_seed(0)
+    model = build_fcn(ModelConfig(head="sigmoid"))
+    model.save(tmp_path / "sigmoid.keras")
+    summary = export_onnx(
+        OnnxExportConfig(model=str(tmp_path / "sigmoid.keras"), out=str(tmp_path / "s.onnx"))
+    )
+    assert all(row.passed for row in summary["parity"]), summary["parity"]
+    with load(tmp_path / "s.onnx", "ort-cpu") as backend:
+        assert backend.card.output_kind == "sigmoid" and backend.card.classes == ("class0", "class1")
+        images = list(np.random.default_rng(1).integers(0, 256, (3, 64, 96, 1), np.uint8))
+        segmenter = Segmenter(backend)
+        probs = segmenter.predict(images, probs=True)
+        masks = segmenter.predict(images)  # the graph's own mask: probs > 0.5
+    assert probs[0].shape == (64, 96, 1)
+    for p, m in zip(probs, masks):
+        np.testing.assert_array_equal(m, (p[..., 0] > 0.5).astype(np.uint8))
+    reference = model.predict_on_batch(np.stack(images))
+    np.testing.assert_allclose(np.stack(probs), reference, atol=BUDGETS["fp32"].max_abs_prob)
+
+
+def test_a_probs_only_export_gets_its_masks_from_the_probabilities(tiny_run: Path, tmp_path: Path) -> None:
+    from fcnx.runtime import Segmenter, load
+
+    export_onnx(OnnxExportConfig(model=str(tiny_run), out=str(tmp_path / "p.onnx"), output="probs"))
+    images = list(np.random.default_rng(2).integers(0, 256, (5, 64, 64), np.uint8))
+    with load(tmp_path / "p.onnx", "ort-cpu") as probs_only, load(tiny_run) as keras_backend:
+        assert probs_only.output_names == ["probs"]
+        masks = Segmenter(probs_only).predict(images)
+        probs = Segmenter(probs_only).predict(images, probs=True)
+        reference = Segmenter(keras_backend).predict(images)
+    for m, p, r in zip(masks, probs, reference):
+        np.testing.assert_array_equal(m, p.argmax(-1))
+        assert (m == r).mean() >= BUDGETS["fp32"].mask_agreement

@@ -151,3 +151,15 @@ def test_write_failures_are_recorded_per_file(threshold_onnx: Path, tmp_path: Pa
     assert summary["counts"] == {"total": 5, "written": 3, "skipped": 1, "failed": 1}
     failure = json.loads((out / "failures.jsonl").read_text())
     assert failure["stage"] == "write" and failure["path"].endswith("rgba.png")
+
+
+def test_the_same_model_with_another_fit_is_another_model(tiny_onnx: Path, tmp_path: Path) -> None:
+    good_files(tmp_path / "in")
+    out = tmp_path / "out"
+    assert predict_folder(_config(tiny_onnx, [tmp_path / "in"], out, fit="resize"))["fit"] == "resize"
+    with pytest.raises(
+        ValueError, match=r"holds outputs of another model .*fit resize\); this run is .*fit pad\)"
+    ):
+        predict_folder(_config(tiny_onnx, [tmp_path / "in"], out, fit="pad"))
+    again = predict_folder(_config(tiny_onnx, [tmp_path / "in"], out, fit="resize"))
+    assert again["counts"]["skipped"] == 5 and again["counts"]["written"] == 0
