@@ -21,10 +21,10 @@ from typing import Any
 from fcnx.runtime.atomic import atomic_write_bytes
 from fcnx.runtime.backends.trt import cuda as gpu
 from fcnx.runtime.backends.trt.sidecar import BatchProfile, EngineSidecar, write_sidecar
-from fcnx.runtime.card import ModelCard
+from fcnx.runtime.card import ModelCard, sha256_file
 from fcnx.runtime.flags import opt
 
-from .onnx_export import ExportError, check_output_path, sha256_file
+from .onnx_export import ExportError, check_output_path
 
 
 class TensorRTUnavailable(ExportError):

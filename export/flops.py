@@ -44,7 +44,6 @@ from onnx import numpy_helper
 
 from .onnx_graph import read_card
 
-MULTIPLY_ADD_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 PER_ELEMENT: dict[str, int] = {
     **dict.fromkeys(
         (
@@ -96,11 +95,6 @@ class FlopCount:
     def gflops_per_image(self) -> float:
         return self.per_image / 1e9
 
-    @property
-    def multiply_add_flops(self) -> int:
-        """Conv, ConvTranspose, MatMul and Gemm only (2 per multiply-add, bias adds included)."""
-        return sum(self.by_op.get(op, 0) for op in MULTIPLY_ADD_OPS)
-
 
 def count_flops(
     model: onnx.ModelProto | str | Path, input_shape: Mapping[str, Sequence[int]] | None = None
@@ -138,11 +132,6 @@ def count_flops(
         batch=first[0] if first else 1,
         uncounted=tuple(sorted(uncounted)),
     )
-
-
-def gflops_per_image(path: str | Path) -> float:
-    """GFLOP per image of an ONNX file at its own (or its card's) input size."""
-    return count_flops(path).gflops_per_image
 
 
 def _graph_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:

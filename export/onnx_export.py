@@ -8,14 +8,13 @@ the Keras model. Only a file that passes all of that is written (atomically).
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fcnx.runtime.atomic import atomic_path
-from fcnx.runtime.card import ModelCard, library_versions
+from fcnx.runtime.card import ModelCard, library_versions, sha256_file
 from fcnx.runtime.flags import opt
 
 from .parity import ParityRow
@@ -112,14 +111,6 @@ def parse_size(size: str) -> tuple[int, int] | str:
     if len(parts) == 2 and all(p.isdigit() and int(p) > 0 for p in parts):
         return int(parts[0]), int(parts[1])
     raise ExportError(f"size must be 'card', 'dynamic' or HxW like 512x512, got {size!r}")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_output_path(out: Path, force: bool) -> None:

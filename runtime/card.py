@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import platform
 from dataclasses import dataclass, field
@@ -131,6 +132,15 @@ def reject_unknown_keys(cls: Any, data: dict[str, Any], message: str) -> None:
     unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
         raise CardError(f"{message} {unknown}")
+
+
+def sha256_file(path: str | Path) -> str:
+    """The hex sha256 of a file, read in 1 MiB blocks (cards and manifests name sources by it)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def library_versions(*distributions: str) -> dict[str, str]:

@@ -25,8 +25,10 @@ import numpy as np
 from ..card import CardError, ModelCard
 from .base import Backend, BackendError, MissingExtra
 from .registry import backend_spec, backends_for
+from .trt.sidecar import BatchProfile
 
 CARD_KEY = "fcnx.card"
+TRT_EP_BATCH = BatchProfile(1, 8, 32)  # frozen, so a safe shared default
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ class OrtOptions:
     spin: bool = True  # CPU worker threads spin between runs (faster back-to-back runs)
     cuda_graph: bool = False  # CUDA EP: capture the graph once (needs a fixed batch size)
     trt_cache: str | None = None  # TensorRT EP engine + timing cache folder; None = next to the ONNX
-    trt_batch: tuple[int, int, int] = (1, 8, 32)  # TensorRT EP profile over the batch axis
+    trt_batch: BatchProfile = TRT_EP_BATCH  # TensorRT EP profile over the batch axis
     device_id: int = 0
 
 
@@ -95,7 +97,7 @@ def _provider_options(
         }
         if card is not None:
             h, w, c = card.input_height, card.input_width, card.input_channels
-            lo, opt, hi = options.trt_batch
+            lo, opt, hi = options.trt_batch.min, options.trt_batch.opt, options.trt_batch.max
             trt["trt_profile_min_shapes"] = f"{input_name}:{lo}x{h}x{w}x{c}"
             trt["trt_profile_opt_shapes"] = f"{input_name}:{opt}x{h}x{w}x{c}"
             trt["trt_profile_max_shapes"] = f"{input_name}:{hi}x{h}x{w}x{c}"

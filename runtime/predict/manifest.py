@@ -9,13 +9,13 @@ folder over under the new model.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..atomic import atomic_write_text
+from ..card import sha256_file
 
 MANIFEST_NAME = ".fcnx-predict.json"
 
@@ -33,13 +33,7 @@ class Manifest:
 def fingerprint(model: str | Path) -> str:
     """sha256 of the model file (a run folder: its best.keras)."""
     path = Path(model)
-    if path.is_dir():
-        path = path / "best.keras"
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path / "best.keras" if path.is_dir() else path)
 
 
 def read_manifest(out: Path) -> Manifest | None:

@@ -188,8 +188,13 @@ def _cpus_per_worker(config: PredictConfig, cluster_cpus: float, started_here: b
     if config.cpus_per_worker is not None:
         return config.cpus_per_worker
     if started_here and config.address is None:
-        return max(1.0, usable_cores() / config.workers)
+        return _local_share(config)
     return min(1.0, max(0.25, (cluster_cpus - 2 * READ_WRITE_CPUS) / config.workers))
+
+
+def _local_share(config: PredictConfig) -> float:
+    """A local cluster's CPUs per replica: --cpus-per-worker, or this machine's cores shared."""
+    return config.cpus_per_worker or max(1.0, usable_cores() / config.workers)
 
 
 def _check_fits(config: PredictConfig, cpus: float, cluster: dict[str, float]) -> None:
@@ -218,7 +223,7 @@ def _start(ray: Any, config: PredictConfig) -> bool:
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
     if config.address is None:
         # Ray's CPU count is for scheduling: room for every replica plus one read and one write task.
-        cpus = config.cpus_per_worker or max(1.0, usable_cores() / config.workers)
+        cpus = _local_share(config)
         kwargs["num_cpus"] = int(np.ceil(config.workers * cpus + 2 * READ_WRITE_CPUS))
     else:
         kwargs["address"] = config.address

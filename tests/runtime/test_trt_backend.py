@@ -376,7 +376,10 @@ def test_buffers_are_sized_at_the_profiles_max_batch() -> None:
     assert plan.input.max_shape == (4, H, W, C) and plan.input.nbytes == 4 * H * W
     sizes = {t.name: (t.max_shape, t.nbytes) for t in plan.outputs}
     assert sizes == {"probs": ((4, H, W, 2), 4 * H * W * 2 * 4), "mask": ((4, H, W), 4 * H * W)}
-    assert plan.slot_nbytes == 4 * H * W * (1 + 8 + 1) and plan.output_names == ["probs", "mask"]
+    assert sum(t.nbytes for t in plan.tensors) == 4 * H * W * (1 + 8 + 1) and plan.output_names == [
+        "probs",
+        "mask",
+    ]
     assert plan.input.nbytes_for(3) == 3 * H * W and plan.outputs[0].shape_for(3) == (3, H, W, 2)
 
 

@@ -71,10 +71,6 @@ class BufferPlan:
     def output_names(self) -> list[str]:
         return [t.name for t in self.outputs]
 
-    @property
-    def slot_nbytes(self) -> int:
-        return sum(t.nbytes for t in self.tensors)
-
     def rows_for(self, batch_size: int) -> int:
         """The batch size the engine runs a batch of ``batch_size`` images as: the profile
         minimum for a smaller batch (the extra rows are zeros, their outputs dropped)."""
