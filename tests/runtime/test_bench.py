@@ -16,6 +16,8 @@ from fcnx.runtime.bench.report import table, write_report
 from fcnx.runtime.bench.run import Contender, run_bench, run_infer_rows
 from fcnx.runtime.cli import main
 
+from ..fakes import FakeBackend
+
 QUICK = {"min_seconds": 0.3, "max_seconds": 2.0, "warmup": 1, "ceiling": False}
 
 
@@ -70,10 +72,10 @@ def test_pipeline_rows_compare_fcnx_predict_with_raw_inference(
     assert pipeline.vs_raw == pytest.approx(pipeline.images_per_second / raw.images_per_second, rel=1e-2)
 
 
-def test_a_failing_backend_leaves_a_failed_row_and_the_run_goes_on(tiny_onnx: Path) -> None:
-    good = load(tiny_onnx, "ort-cpu")
-    broken = load(tiny_onnx, "ort-cpu")
-    broken.infer = lambda batch: (_ for _ in ()).throw(RuntimeError("device lost"))  # type: ignore[method-assign]
+def test_a_failing_backend_leaves_a_failed_row_and_the_run_goes_on(threshold_onnx: Path) -> None:
+    good = load(threshold_onnx, "ort-cpu")
+    broken = FakeBackend()
+    broken._infer = lambda batch: (_ for _ in ()).throw(RuntimeError("device lost"))  # type: ignore[method-assign]
     batch = {2: np.zeros((2, 64, 64, 1), np.uint8)}
     contenders = [
         Contender("a.onnx", broken, broken.card, batch),
@@ -81,7 +83,8 @@ def test_a_failing_backend_leaves_a_failed_row_and_the_run_goes_on(tiny_onnx: Pa
     ]
     rows = run_infer_rows(BenchConfig(models=("x",), batch="2", **QUICK), contenders)  # type: ignore[arg-type]
     assert [(r.model, r.status) for r in rows] == [("a.onnx", "failed"), ("b.onnx", "ok")]
-    assert "device lost" in rows[0].reason
+    assert rows[0].reason == "RuntimeError: device lost"
+    assert rows[1].arch == "threshold" and rows[1].input == "64x64x1" and rows[1].calls >= 1
 
 
 def test_report_files_and_json_round_trip(report: dict[str, Any], tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ FORBIDDEN_FCNX = ("fcnx.export", "fcnx.train")
 
 
 def test_runtime_modules_and_a_full_prediction_import_no_training_libraries(
-    tiny_onnx: Path, tmp_path: Path
+    threshold_onnx: Path, tmp_path: Path
 ) -> None:
     modules = [m.name for m in pkgutil.walk_packages(fcnx.runtime.__path__, "fcnx.runtime.")]
     assert {
@@ -37,7 +37,8 @@ import importlib, sys
 for name in {modules!r}:
     importlib.import_module(name)
 from fcnx.runtime.cli import main
-code = main(["predict", {str(tiny_onnx)!r}, {str(tmp_path / "in")!r}, "-o", {str(tmp_path / "out")!r}, "--no-progress"])
+model, images, out = {str(threshold_onnx)!r}, {str(tmp_path / "in")!r}, {str(tmp_path / "out")!r}
+code = main(["predict", model, images, "-o", out, "--no-progress"])
 assert code == 0, code
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in {FORBIDDEN!r} or m.startswith({FORBIDDEN_FCNX!r}))
 print("LOADED:", loaded)
