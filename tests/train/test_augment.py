@@ -101,18 +101,18 @@ def test_random_crop_takes_the_same_window() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "message"),
     [
-        dict(zoom=1.0),
-        dict(rotation=200),
-        dict(shear=90),
-        dict(brightness=-0.1),
-        dict(elastic=-1),
-        dict(elastic_grid=1),
+        (dict(zoom=1.0), r"augment zoom must be in \[0, 1\), got 1.0"),
+        (dict(rotation=200), r"rotation must be in \[0, 180\] degrees, got 200"),
+        (dict(shear=90), r"shear must be in \[0, 90\) degrees, got 90"),
+        (dict(brightness=-0.1), r"augment brightness must be in \[0, 1\), got -0.1"),
+        (dict(elastic=-1), "elastic must be >= 0 and elastic_grid >= 2, got -1, 3"),
+        (dict(elastic_grid=1), "elastic must be >= 0 and elastic_grid >= 2, got 0.0, 1"),
     ],
 )
-def test_bad_augment_config(kwargs: dict) -> None:
-    with pytest.raises(ValueError):
+def test_bad_augment_config(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{message}$"):
         AugmentConfig(**kwargs)
 
 

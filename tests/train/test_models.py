@@ -78,18 +78,18 @@ def test_bilinear_init_upsamples_a_constant_to_a_constant() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "message"),
     [
-        dict(arch="fcn3s"),
-        dict(width="huge"),
-        dict(in_channels=2),
-        dict(num_classes=1),
-        dict(head="sigmoid", num_classes=3),
-        dict(dropout=1.0),
+        (dict(arch="fcn3s"), "arch must be one of fcn32s, fcn16s, fcn8s, fcn4s, fcn2s, got 'fcn3s'"),
+        (dict(width="huge"), "width must be one of slim, vgg16, got 'huge'"),
+        (dict(in_channels=2), "in_channels must be 1 or 3, got 2"),
+        (dict(num_classes=1), "num_classes must be at least 2, got 1"),
+        (dict(head="sigmoid", num_classes=3), "a sigmoid head is binary: num_classes must be 2, got 3"),
+        (dict(dropout=1.0), r"dropout must be in \[0, 1\), got 1.0"),
     ],
 )
-def test_bad_model_config_is_an_error(kwargs: dict) -> None:
-    with pytest.raises(ValueError):
+def test_bad_model_config_is_an_error(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{message}$"):
         ModelConfig(**kwargs)
 
 
