@@ -15,13 +15,14 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
+def atomic_path(path: str | Path, suffix: str | None = None, tag: str = "") -> Iterator[Path]:
     """Yield a temp path next to ``path``; on success it replaces ``path``, on error it
-    is removed. ``suffix`` keeps an extension writers insist on (Keras wants ``.keras``).
+    is removed. ``suffix`` keeps an extension writers insist on (Keras wants ``.keras``);
+    ``tag`` goes into the temp's name (fcnx predict: the run's id).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _create_temp(path, suffix if suffix is not None else ".tmp")
+    tmp = _create_temp(path, suffix if suffix is not None else ".tmp", tag)
     try:
         yield tmp
         replace_durably(tmp, path)
@@ -41,8 +42,8 @@ def replace_durably(tmp: str | Path, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+def atomic_write_bytes(path: str | Path, data: bytes, tag: str = "") -> None:
+    with atomic_path(path, tag=tag) as tmp, open(tmp, "wb") as f:
         f.write(data)
 
 
@@ -50,11 +51,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _create_temp(path: Path, suffix: str) -> Path:
-    """A new empty ``.NAME.<random><suffix>`` next to ``path``, created exclusively with mode
-    0666 so the process's umask applies (as for any file the user's programs write)."""
+def _create_temp(path: Path, suffix: str, tag: str) -> Path:
+    """A new empty ``.NAME.[TAG-]<random><suffix>`` next to ``path``, created exclusively with
+    mode 0666 so the process's umask applies (as for any file the user's programs write)."""
     while True:
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}{suffix}")
+        tmp = path.with_name(f".{path.name}.{tag + '-' if tag else ''}{secrets.token_hex(6)}{suffix}")
         try:
             os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
         except FileExistsError:

@@ -79,7 +79,26 @@ def _missing_extra(exc: ModuleNotFoundError, command: str, extra: str | None) ->
     return CommandError(f'fcnx {command} needs {root}, which is not installed: pip install "fcnx[{need}]"', 2)
 
 
+def _quiet_process() -> None:
+    """What the ``fcnx`` command (not the library) sets for its own process: OpenCV's
+    warnings ("[ WARN ] ... PNG input buffer is incomplete") stay out of stderr, since fcnx
+    records every bad file itself, with its name and the reason."""
+    import cv2
+
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_process()
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `fcnx ... | head`: the reader left; exit quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     top = _top_parser()
     if not argv or argv[0].startswith("-"):

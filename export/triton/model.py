@@ -178,7 +178,11 @@ def read_engine_model(path: Path) -> ServedModel:
     try:
         sidecar = read_sidecar(path)
     except CardError as exc:
-        raise ExportError(str(exc)) from None
+        raise ExportError(f"{exc} (fcnx serves only engines whose sidecar checks out)") from None
+    if path.stat().st_size == 0:
+        raise ExportError(
+            f"{path}: an empty file, not a TensorRT plan; rebuild with {sidecar.rebuild_command(path)}"
+        )
     card = sidecar.card
     where = sidecar_path(path)
     if sidecar.batch.min != 1:

@@ -118,6 +118,37 @@ def _card_of(session: Any, path: Path) -> ModelCard:
         raise BackendError(str(exc)) from None
 
 
+def check_graph(session: Any, card: ModelCard, path: Path) -> None:
+    """The graph is what its card says: one uint8 NHWC image input with the card's channels,
+    outputs ``probs`` (K = the card's classes, 1 for a sigmoid) and/or ``mask``. A file
+    whose card and graph disagree would give wrong masks or tracebacks later."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    problems = []
+    if len(inputs) != 1:
+        problems.append(
+            f"the graph has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}), fcnx models one"
+        )
+    else:
+        shape, kind = list(inputs[0].shape), inputs[0].type
+        if kind != "tensor(uint8)" or len(shape) != 4:
+            problems.append(f"its input {inputs[0].name!r} is {kind} of rank {len(shape)}, not uint8 NHWC")
+        elif isinstance(shape[3], int) and shape[3] != card.input_channels:
+            problems.append(f"the card says {card.input_channels} input channels, the graph has {shape[3]}")
+    names = [o.name for o in outputs]
+    if not names or not set(names) <= {"probs", "mask"}:
+        problems.append(f"the graph's outputs are {names}, an fcnx model has probs and/or mask")
+    for o in outputs:
+        if o.name == "probs":
+            classes = card.num_classes if card.output_kind == "softmax" else 1
+            last = o.shape[-1] if o.shape else None
+            if isinstance(last, int) and last != classes:
+                problems.append(
+                    f"the card says {classes} probability channels ({card.output_kind}), the graph has {last}"
+                )
+    if problems:
+        raise BackendError(f"{path}: its fcnx card and its graph disagree: {'; '.join(problems)}")
+
+
 def _peek(ort: Any, path: Path) -> tuple[ModelCard, str]:
     """Card and input name from a plain CPU session, before the TensorRT EP session that
     needs them for its profile."""
@@ -168,6 +199,7 @@ class OrtBackend(Backend):
         self.name = name
         self.provider = actual
         self.card = _card_of(self.session, self.path)
+        check_graph(self.session, self.card, self.path)
         inputs = self.session.get_inputs()
         self.input_name = inputs[0].name
         self.input_shape = tuple(d if isinstance(d, int) else None for d in inputs[0].shape)

@@ -29,6 +29,15 @@ class BenchConfig:
     plots: bool = opt(True, "write throughput.png and latency.png (needs matplotlib)")
     seed: int = opt(0, "seed for the random images")
 
+    def __post_init__(self) -> None:
+        if self.min_seconds < 0 or self.max_seconds <= 0 or self.min_seconds > self.max_seconds:
+            raise ValueError(
+                f"--min-seconds must be >= 0 and at most --max-seconds (> 0), got {self.min_seconds} and "
+                f"{self.max_seconds}"
+            )
+        if self.warmup < 0:
+            raise ValueError(f"--warmup must be >= 0, got {self.warmup}")
+
     def batches(self) -> list[int]:
         try:
             values = [int(v) for v in self.batch.split(",") if v.strip()]

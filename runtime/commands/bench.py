@@ -40,5 +40,10 @@ def run(args: argparse.Namespace) -> int:
     print(table(report))
     print(describe_run(report))
     print("wrote " + ", ".join(str(p) for p in written))
-    # unavailable backends (no GPU here) are information; a backend that loaded and then failed is an error
+    # unavailable backends (no GPU here) are information; a backend that loaded and then failed is an
+    # error, and so is a run in which nothing could be timed at all
+    if not any(r["status"] == "ok" for r in report["rows"]):
+        print("error: nothing was measured: no model ran on any of --backends (see the status column)",
+              file=sys.stderr)  # fmt: skip
+        return 1
     return 1 if any(r["status"] == "failed" for r in report["rows"]) else 0

@@ -53,6 +53,10 @@ class PredictConfig:
             raise ValueError(f"--workers must be at least 1, got {self.workers}")
         if self.batch is not None and self.batch < 1:
             raise ValueError(f"--batch must be at least 1, got {self.batch}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(
+                f"--threads must be at least 1 (or left out for the usable cores), got {self.threads}"
+            )
         if not self.ray:
             given = [f for f in ("address", "cpus_per_worker") if getattr(self, f) is not None]
             given += ["gpus_per_worker"] if self.gpus_per_worker else []

@@ -1,7 +1,8 @@
 """``predict_folder``: the life of one ``fcnx predict`` job, whoever runs it.
 
-Collect the inputs, load the model, claim the output folder for it (manifest.py),
-plan the work (name collisions are failures; outputs already there are skipped on a
+Collect the inputs, refuse an output folder that overlaps them (inputs.py), load the
+model, lock the output folder for the run (lock.py) and claim it for the model
+(manifest.py), plan the work (name collisions are failures; outputs already there are skipped on a
 rerun), run it with a progress bar — on this machine's threads (local.py) or on Ray
 Data (ray.py), which only execute the planned tasks and report each file back — then
 write ``failures.jsonl`` and ``summary.json``. A runner never repeats any of this.
@@ -22,9 +23,10 @@ from ..backends.registry import load, model_kind
 from ..card import library_versions
 from .config import PredictConfig
 from .failures import FailureLog
-from .inputs import InputFile, Task, collect_inputs
+from .inputs import InputFile, Task, check_outputs, collect_inputs
 from .local import run_local
-from .manifest import Manifest, claim_folder, fingerprint, remove_stale_temp_files
+from .lock import OutputLock
+from .manifest import Manifest, claim_folder, fingerprint, record_outputs, remove_stale_temp_files
 from .outputs import output_paths
 from .ray import run_on_ray
 from .segmenter import Segmenter
@@ -58,16 +60,6 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def open_output(config: PredictConfig, fit: str) -> tuple[Manifest, bool, int]:
-    """Create OUT, claim it for this model (resume: True when it already holds this
-    model's outputs), and remove temp files an interrupted run left."""
-    out = Path(config.out)
-    manifest = Manifest(str(config.model), fingerprint(config.model), fit)
-    out.mkdir(parents=True, exist_ok=True)
-    resume = claim_folder(out, manifest, config.overwrite)
-    return manifest, resume, remove_stale_temp_files(out)
 
 
 def plan_tasks(
@@ -114,72 +106,83 @@ def predict_folder(config: PredictConfig, backend: Backend | None = None) -> dic
         raise ValueError("with ray=True every Ray worker loads the model itself; pass no backend")
     started = time.perf_counter()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    items = collect_inputs(config.inputs)
+    inputs = collect_inputs(config.inputs)
     out = Path(config.out)
+    every_output = [
+        p for item in inputs.files for p in output_paths(out, item.relative, config.format, config.overlay)
+    ]
+    check_outputs(out, inputs, every_output)  # before anything is written, OUT included
     own_backend = backend is None
     backend = backend or _driver_backend(config)
     try:
         segmenter = Segmenter(backend, config.batch, config.fit)
         if config.ray:
             backend.close()
-        manifest, resume, stale = open_output(config, segmenter.fit)
-        counts = Counts(total=len(items))
-        failures = FailureLog(out)
-        tasks = plan_tasks(items, out, config, resume, counts, failures)
-        progress = Progress(len(tasks), config.progress)  # the bar's rate counts real work only
+        with OutputLock(out) as lock:
+            stale = remove_stale_temp_files(out)  # safe: holding the lock, no live run owns one
+            manifest = Manifest(str(config.model), fingerprint(config.model), segmenter.fit)
+            resume, replaced = claim_folder(out, manifest, config.overwrite)
+            counts = Counts(total=len(inputs.files))
+            failures = FailureLog(out)
+            tasks = plan_tasks(inputs.files, out, config, resume, counts, failures)
+            record_outputs(out, [p for _, paths in tasks for p in paths])  # before any is written
+            progress = Progress(len(tasks), config.progress)  # the bar's rate counts real work only
 
-        def report(path: str, stage: str, error: str) -> None:
-            if error:
-                counts.failed += 1
-                failures.record(path, stage, error)
-            else:
-                counts.written += 1
-            progress.update(counts.failed)
+            def report(path: str, stage: str, error: str) -> None:
+                if error:
+                    counts.failed += 1
+                    failures.record(path, stage, error)
+                else:
+                    counts.written += 1
+                progress.update(counts.failed)
 
-        run: dict[str, Any] = {
-            "backend": backend.name,
-            "provider": backend.provider,
-            "backend_notes": list(backend.notes),
-            "batch": segmenter.batch_size,
-            "fit": segmenter.fit,
-        }
-        run_started = time.perf_counter()
-        interrupted = False
-        try:
-            if config.ray:
-                run_on_ray(config, segmenter, tasks, report, run)
-            else:
-                run_local(config, segmenter, tasks, report)
-        except KeyboardInterrupt:
-            interrupted = True
-        finally:
-            progress.close()
-            failures.close()
-        seconds = time.perf_counter() - run_started
+            run: dict[str, Any] = {
+                "backend": backend.name,
+                "provider": backend.provider,
+                "backend_notes": list(backend.notes),
+                "batch": segmenter.batch_size,
+                "fit": segmenter.fit,
+            }
+            run_started = time.perf_counter()
+            interrupted = False
+            try:
+                if config.ray:
+                    run_on_ray(config, segmenter, tasks, report, run, lock.run_id)
+                else:
+                    run_local(config, segmenter, tasks, report, lock.run_id)
+            except KeyboardInterrupt:
+                interrupted = True
+            finally:
+                progress.close()
+                failures.close()
+            seconds = time.perf_counter() - run_started
+            summary = {
+                "counts": asdict(counts),
+                "seconds": round(seconds, 3),
+                "images_per_second": round(counts.written / seconds, 3) if seconds > 0 else None,
+                "interrupted": interrupted,
+                "out": str(config.out),
+                "model": str(config.model),
+                "model_sha256": manifest.model_sha256,
+                **run,
+                "workers": config.workers,
+                "format": config.format,
+                "overlay": config.overlay,
+                "skipped_inputs": inputs.skipped,
+                "replaced_outputs_of_another_model": replaced,
+                "stale_temp_files_removed": stale,
+                "run_id": lock.run_id,
+                "started_at": started_at,
+                "wall_seconds": round(time.perf_counter() - started, 3),
+                "versions": library_versions(
+                    "fcnx", "numpy", "opencv-python-headless", "pillow", "onnxruntime", "onnxruntime-gpu",
+                    "tensorrt", "ray",
+                ),
+            }  # fmt: skip
+            atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     finally:
         if own_backend:
             backend.close()
-    summary = {
-        "counts": asdict(counts),
-        "seconds": round(seconds, 3),
-        "images_per_second": round(counts.written / seconds, 3) if seconds > 0 else None,
-        "interrupted": interrupted,
-        "out": str(config.out),
-        "model": str(config.model),
-        "model_sha256": manifest.model_sha256,
-        **run,
-        "workers": config.workers,
-        "format": config.format,
-        "overlay": config.overlay,
-        "stale_temp_files_removed": stale,
-        "started_at": started_at,
-        "wall_seconds": round(time.perf_counter() - started, 3),
-        "versions": library_versions(
-            "fcnx", "numpy", "opencv-python-headless", "pillow", "onnxruntime", "onnxruntime-gpu", "tensorrt",
-            "ray",
-        ),
-    }  # fmt: skip
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     if interrupted:
         raise KeyboardInterrupt
     return summary
@@ -200,4 +203,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     ]
     if c["failed"]:
         lines.append(f"failures: {Path(summary['out']) / 'failures.jsonl'}")
+    skipped = summary.get("skipped_inputs") or []
+    if skipped:
+        shown = "; ".join(skipped[:3]) + (
+            f"; and {len(skipped) - 3} more (summary.json)" if len(skipped) > 3 else ""
+        )
+        lines.append(f"not taken as inputs: {len(skipped)} ({shown})")
     return "\n".join(lines)

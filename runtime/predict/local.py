@@ -55,7 +55,9 @@ def bounded_map(
         yield pending.popleft().result()
 
 
-def run_local(config: PredictConfig, segmenter: Segmenter, tasks: list[Task], report: Report) -> None:
+def run_local(
+    config: PredictConfig, segmenter: Segmenter, tasks: list[Task], report: Report, run_id: str = ""
+) -> None:
     palette = segmenter.card.palette
 
     def read(task: Task) -> _Decoded:
@@ -73,7 +75,7 @@ def run_local(config: PredictConfig, segmenter: Segmenter, tasks: list[Task], re
         try:
             assert decoded.prepared is not None
             mask = segmenter.restore(decoded.prepared, outputs).mask
-            write_outputs(decoded.paths, mask, palette, decoded.image)
+            write_outputs(decoded.paths, mask, palette, decoded.image, run_id)
             return decoded, ""
         except Exception as exc:
             return decoded, describe_error(exc)

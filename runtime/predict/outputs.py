@@ -87,13 +87,14 @@ def write_outputs(
     mask: np.ndarray,
     palette: tuple[tuple[int, int, int], ...],
     image: np.ndarray | None = None,
+    run_id: str = "",
 ) -> None:
     """Encode and atomically write the mask (format from the path) and, when a second
-    path is given, the overlay of ``image``."""
+    path is given, the overlay of ``image``; the temp files carry ``run_id``."""
     mask_path = paths[0]
     data = encode_mask_npy(mask) if mask_path.suffix == ".npy" else encode_mask_png(mask, palette)
-    atomic_write_bytes(mask_path, data)
+    atomic_write_bytes(mask_path, data, tag=run_id)
     if len(paths) > 1:
         if image is None:
             raise ValueError("an overlay needs the image")
-        atomic_write_bytes(paths[1], encode_overlay_jpg(image, mask, palette))
+        atomic_write_bytes(paths[1], encode_overlay_jpg(image, mask, palette), tag=run_id)

@@ -144,6 +144,7 @@ def write_masks(
     format: str,
     overlay: bool,
     palette: tuple[tuple[int, int, int], ...],
+    run_id: str = "",
 ) -> dict[str, np.ndarray]:
     """Ray Data stage: write each row's ``mask`` (and overlay of its ``image``) under
     ``out`` at its ``relative`` path, atomically. Returns status rows only: ``path``,
@@ -157,7 +158,7 @@ def write_masks(
         try:
             image = batch["image"][i] if overlay else None
             write_outputs(
-                output_paths(Path(out), relative, format, overlay), batch["mask"][i], palette, image
+                output_paths(Path(out), relative, format, overlay), batch["mask"][i], palette, image, run_id
             )
         except Exception as exc:
             errors[i], stages[i] = describe_error(exc), "write"
@@ -232,7 +233,12 @@ def _start(ray: Any, config: PredictConfig) -> bool:
 
 
 def run_on_ray(
-    config: PredictConfig, segmenter: Segmenter, tasks: list[Task], report: Report, run: dict[str, Any]
+    config: PredictConfig,
+    segmenter: Segmenter,
+    tasks: list[Task],
+    report: Report,
+    run: dict[str, Any],
+    run_id: str = "",
 ) -> None:
     """The Ray runner of a predict job (job.py plans it, claims OUT and writes the summary):
     the planned tasks through a Ray Data pipeline, each file's outcome to ``report``, and
@@ -263,7 +269,7 @@ def run_on_ray(
         # Workers get absolute paths (their working folder is not ours); reports keep the user's.
         shown = {str(Path(item.path).resolve()): item.path for item, _ in tasks}
         rows = [{"path": str(Path(item.path).resolve()), "relative": item.relative} for item, _ in tasks]
-        for row in _dataset(ray, rows, config, segmenter, cpus).iter_rows():
+        for row in _dataset(ray, rows, config, segmenter, cpus, run_id).iter_rows():
             first_row = first_row or time.perf_counter()
             if row["backend"]:
                 labels.add(row["backend"])
@@ -278,7 +284,12 @@ def run_on_ray(
 
 
 def _dataset(
-    ray: Any, rows: list[dict[str, str]], config: PredictConfig, segmenter: Segmenter, cpus: float
+    ray: Any,
+    rows: list[dict[str, str]],
+    config: PredictConfig,
+    segmenter: Segmenter,
+    cpus: float,
+    run_id: str,
 ) -> Any:
     batch = segmenter.batch_size
     channels, palette = segmenter.card.input_channels, segmenter.card.palette
@@ -309,6 +320,7 @@ def _dataset(
             "format": config.format,
             "overlay": config.overlay,
             "palette": palette,
+            "run_id": run_id,
         },
         batch_size=batch,
         num_cpus=READ_WRITE_CPUS,

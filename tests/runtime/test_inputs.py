@@ -20,14 +20,16 @@ def test_folders_are_recursive_sorted_and_skip_non_images_and_hidden(tmp_path: P
     root = tmp_path / "scans"
     _touch(root / "b.png", root / "a.TIF", root / "day2" / "c.jpg", root / "notes.txt", root / ".hidden.png",
            root / ".cache" / "d.png")  # fmt: skip
-    found = collect_inputs([str(root)])
+    scanned = collect_inputs([str(root)])
+    found = scanned.files
     assert [f.relative for f in found] == ["a.TIF", "b.png", "day2/c.jpg"]
     assert Path(found[2].path) == root / "day2" / "c.jpg"
+    assert scanned.skipped == [f"{root / 'notes.txt'}: not an image type fcnx reads (.txt)"]  # hidden: silent
 
 
 def test_globs_are_relative_to_their_fixed_part(tmp_path: Path) -> None:
     _touch(tmp_path / "x" / "1" / "a.png", tmp_path / "x" / "2" / "b.png", tmp_path / "x" / "2" / "c.jpg")
-    found = collect_inputs([str(tmp_path / "x" / "**" / "*.png")])
+    found = collect_inputs([str(tmp_path / "x" / "**" / "*.png")]).files
     assert [f.relative for f in found] == ["1/a.png", "2/b.png"]
     with pytest.raises(ValueError, match="matches no files"):
         collect_inputs([str(tmp_path / "x" / "*.bmp")])
@@ -37,7 +39,7 @@ def test_list_files_single_images_and_duplicates(tmp_path: Path) -> None:
     _touch(tmp_path / "d" / "p" / "a.png", tmp_path / "d" / "q" / "b.png")
     listing = tmp_path / "d" / "list.txt"
     listing.write_text(f"# my batch\np/a.png\n\n{tmp_path / 'd' / 'q' / 'b.png'}\nmissing.png\n")
-    found = collect_inputs([str(listing), str(tmp_path / "d" / "p" / "a.png")])
+    found = collect_inputs([str(listing), str(tmp_path / "d" / "p" / "a.png")]).files
     assert [f.relative for f in found] == ["p/a.png", "q/b.png", "missing.png"]  # a.png once
     with pytest.raises(ValueError, match="no such file, folder or matching pattern"):
         collect_inputs([str(tmp_path / "nope")])

@@ -13,7 +13,7 @@ def test_percentiles_against_a_known_sample() -> None:
     assert percentile(sample, 90) == pytest.approx(90.1)
     assert percentile(sample, 99) == pytest.approx(99.01)
     assert percentile([3.0], 99) == 3.0
-    with pytest.raises(ValueError, match="^percentile of no values$"):
+    with pytest.raises(ValueError, match=r"^percentile of no values$"):
         percentile([], 50)
 
 

@@ -68,6 +68,21 @@ class EngineSidecar:
     outputs: tuple[str, ...] = ("probs", "mask")
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        """A sidecar that contradicts itself describes no engine fcnx built: refuse it."""
+        h, w, c = self.input_shape
+        if c != self.card.input_channels:
+            raise ValueError(
+                f"input_shape {list(self.input_shape)} has {c} channels, its card {self.card.input_channels}"
+            )
+        if self.card.input_height and (self.card.input_height, self.card.input_width) != (h, w):
+            card_hw = f"{self.card.input_height}x{self.card.input_width}"
+            raise ValueError(f"input_shape {list(self.input_shape)} is not its card's {card_hw}")
+        if not self.outputs or not set(self.outputs) <= {"probs", "mask"}:
+            raise ValueError(f"outputs must be probs and/or mask, got {list(self.outputs)}")
+        if self.precision not in ("fp32", "fp16", "int8"):
+            raise ValueError(f"precision must be fp32, fp16 or int8, got {self.precision!r}")
+
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["card"] = self.card.to_dict()
