@@ -8,8 +8,11 @@ half of one. Used for every file fcnx writes: cards, masks, ONNX, engines, and (
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import os
 import secrets
+import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,7 +42,33 @@ def replace_durably(tmp: str | Path, path: str | Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+    _fault_point("before-replace", Path(path))
     os.replace(tmp, path)
+    _fault_point("after-replace", Path(path))
+
+
+# Fault injection for the reliability tests: FCNX_KILL_AT="before-replace:GLOB" (or
+# "after-replace:GLOB", optionally "#N" for the N-th matching write) makes this process
+# SIGKILL itself at that moment of a write whose file name matches GLOB. A random kill
+# rarely lands inside a millisecond-long write; this lands exactly there. Unset: one
+# environment lookup per write.
+KILL_AT = "FCNX_KILL_AT"
+_fault_lock = threading.Lock()
+_fault_hits: dict[str, int] = {}
+
+
+def _fault_point(moment: str, path: Path) -> None:
+    spec = os.environ.get(KILL_AT)
+    if not spec:
+        return
+    when, _, pattern = spec.partition(":")
+    pattern, _, nth = pattern.partition("#")
+    if when != moment or not fnmatch.fnmatch(path.name, pattern):
+        return
+    with _fault_lock:
+        _fault_hits[spec] = _fault_hits.get(spec, 0) + 1
+        if _fault_hits[spec] == int(nth or 1):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes, tag: str = "") -> None:

@@ -12,6 +12,8 @@ import dataclasses
 import hashlib
 import json
 import platform
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +80,8 @@ class ModelCard:
     def from_dict(cls, data: dict[str, Any], origin: str = "card") -> ModelCard:
         reject_unknown_keys(cls, data, f"{origin}: unknown card keys")
         version = data.get("card_version", CARD_VERSION)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise CardError(f"{origin}: card_version must be an integer, got {version!r}")
         if version > CARD_VERSION:
             raise CardError(
                 f"{origin}: card version {version} is newer than this fcnx reads ({CARD_VERSION}); "
@@ -85,7 +89,12 @@ class ModelCard:
             )
         values = dict(data)
         try:
-            values["classes"] = tuple(str(c) for c in data["classes"])
+            _check_field_types(cls, data, origin)
+            if not isinstance(data["classes"], list) or not all(isinstance(c, str) for c in data["classes"]):
+                raise CardError(f"{origin}: classes must be a list of names, got {data['classes']!r}")
+            if not isinstance(data["palette"], list):
+                raise CardError(f"{origin}: palette must be a list of [r, g, b], got {data['palette']!r}")
+            values["classes"] = tuple(data["classes"])
             values["palette"] = tuple(_rgb(c) for c in data["palette"])
             return cls(**values)
         except KeyError as exc:
@@ -120,8 +129,32 @@ class ModelCard:
         atomic_write_text(path, self.to_json() + "\n")
 
 
+def _is_a(value: Any, kind: Any) -> bool:
+    if kind is type(None):
+        return value is None
+    kind = typing.get_origin(kind) or kind
+    if kind in (int, float):  # JSON has one number type; bools are not numbers here
+        return isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _check_field_types(cls: Any, data: dict[str, Any], origin: str) -> None:
+    """Every field has its declared type (a JSON file can hold anything)."""
+    hints = typing.get_type_hints(cls)
+    for name, value in data.items():
+        if name in ("classes", "palette"):  # checked element by element
+            continue
+        hint = hints[name]
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        allowed = typing.get_args(hint) if union else (hint,)
+        if not any(_is_a(value, kind) for kind in allowed):
+            raise CardError(f"{origin}: {name} must be {hint}, got {value!r}")
+
+
 def _rgb(value: Any) -> tuple[int, int, int]:
-    colour = tuple(int(v) for v in value)
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ValueError(f"a palette colour is 3 integers in 0..255, got {value!r}")
+    colour = tuple(value)
     if len(colour) != 3 or not all(0 <= v <= 255 for v in colour):
         raise ValueError(f"a palette colour is 3 values in 0..255, got {list(value)}")
     return (colour[0], colour[1], colour[2])

@@ -82,10 +82,14 @@ def _missing_extra(exc: ModuleNotFoundError, command: str, extra: str | None) ->
 def _quiet_process() -> None:
     """What the ``fcnx`` command (not the library) sets for its own process: OpenCV's
     warnings ("[ WARN ] ... PNG input buffer is incomplete") stay out of stderr, since fcnx
-    records every bad file itself, with its name and the reason."""
+    records every bad file itself, with its name and the reason; so do Pillow's about the
+    corrupt headers it reads for fcnx's size check."""
+    import warnings
+
     import cv2
 
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning, module="PIL")  # "Corrupt EXIF data" etc.
 
 
 def main(argv: list[str] | None = None) -> int:

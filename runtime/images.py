@@ -67,7 +67,11 @@ def _decode(path: Path, flags: int) -> np.ndarray:
     if header is not None and header[0] * header[1] > MAX_PIXELS:
         # checked before decoding: a decompression bomb is a few KB that decode to gigabytes
         raise ImageError(path, f"{header[0]}x{header[1]} pixels is over the limit of {MAX_PIXELS}")
-    image = cv2.imdecode(data, flags)
+    try:
+        image = cv2.imdecode(data, flags)
+    except cv2.error as exc:  # e.g. a header whose size OpenCV's own checks refuse
+        detail = str(exc).strip().splitlines()[-1].strip()
+        raise ImageError(path, f"not a decodable image (OpenCV: {detail[:160]})") from None
     if image is None:
         raise ImageError(path, "not a decodable image (truncated, corrupt or not an image)")
     if image.shape[0] * image.shape[1] > MAX_PIXELS:
