@@ -125,6 +125,8 @@ def _main(argv: list[str] | None = None) -> int:
     except (CommandError, MissingExtra) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code if isinstance(exc, CommandError) else exc.exit_code
+    except BrokenPipeError:
+        raise  # main() ends quietly
     except (ValueError, OSError, BackendError) as exc:
         if os.environ.get("FCNX_DEBUG"):
             raise

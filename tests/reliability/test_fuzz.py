@@ -25,7 +25,9 @@ from fcnx.runtime.predict.job import predict_folder
 
 from ..fakes import THRESHOLD_ONNX
 
-FUZZ = settings(max_examples=150, deadline=10_000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=150, deadline=10_000, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 def _encoded() -> dict[str, bytes]:
