@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fcnx.runtime.atomic import atomic_path
+from fcnx.runtime.atomic import atomic_path, remove_stale_temps
 from fcnx.runtime.card import ModelCard, library_versions, sha256_file
 from fcnx.runtime.flags import opt
 
@@ -114,7 +114,8 @@ def parse_size(size: str) -> tuple[int, int] | str:
 
 
 def check_output_path(out: Path, force: bool) -> None:
-    """Fail before any work when OUT exists (without --force) or its folder cannot be written."""
+    """Fail before any work when OUT exists (without --force) or its folder cannot be written;
+    then remove the temp files a killed export of OUT left (``.OUT.*``)."""
     if out.exists() and not force:
         raise ExportError(f"{out}: already exists; pass --force to overwrite it")
     if out.exists() and out.is_dir():
@@ -127,6 +128,7 @@ def check_output_path(out: Path, force: bool) -> None:
         raise ExportError(f"{probe}: is a file, not a folder")
     if not _writable(probe):
         raise ExportError(f"{probe}: output folder is not writable")
+    remove_stale_temps(out)
 
 
 def _writable(folder: Path) -> bool:

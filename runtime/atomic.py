@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import glob
 import os
 import secrets
+import shutil
 import signal
 import threading
 from collections.abc import Iterator
@@ -69,6 +71,21 @@ def _fault_point(moment: str, path: Path) -> None:
         _fault_hits[spec] = _fault_hits.get(spec, 0) + 1
         if _fault_hits[spec] == int(nth or 1):
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def remove_stale_temps(path: str | Path) -> int:
+    """Remove what killed writes of ``path`` left beside it (``.NAME.*``: temp files, and the
+    temp folders of a Triton repository); returns how many. A writer calls it before it
+    writes ``path`` again (a SIGKILL runs no clean-up of its own)."""
+    path = Path(path)
+    removed = 0
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*") if path.parent.is_dir() else ():
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def atomic_write_bytes(path: str | Path, data: bytes, tag: str = "") -> None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 
 from .backends.base import BackendError, MissingExtra
 
@@ -83,13 +85,21 @@ def _quiet_process() -> None:
     """What the ``fcnx`` command (not the library) sets for its own process: OpenCV's
     warnings ("[ WARN ] ... PNG input buffer is incomplete") stay out of stderr, since fcnx
     records every bad file itself, with its name and the reason; so do Pillow's about the
-    corrupt headers it reads for fcnx's size check."""
+    corrupt headers it reads for fcnx's size check. And a SIGTERM cleans up like Ctrl-C."""
     import warnings
 
     import cv2
 
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     warnings.filterwarnings("ignore", category=UserWarning, module="PIL")  # "Corrupt EXIF data" etc.
+    if threading.current_thread() is threading.main_thread():
+        # `kill PID` (SIGTERM) unwinds like Ctrl-C, so temp files are removed on the way out;
+        # only SIGKILL skips that, and the next run of the same command cleans up after it
+        signal.signal(signal.SIGTERM, _terminate)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,8 @@
 
 Run folder::
 
-    best.keras    best validation mIoU (inference mode, whole images)
+    best.keras    best validation mIoU (inference mode, whole images); loads in plain Keras
+    best.json     the epoch and validation mIoU best.keras holds
     last.keras    the latest epoch
     history.csv   one row per epoch (loss, mIoU, IoU per class, pixel accuracy, lr)
     logs/         TensorBoard
@@ -15,7 +16,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -23,7 +26,7 @@ from typing import Any
 
 import keras
 
-from fcnx.runtime.atomic import atomic_write_text, replace_durably
+from fcnx.runtime.atomic import atomic_path, atomic_write_text, remove_stale_temps, replace_durably
 from fcnx.runtime.card import ModelCard, library_versions
 
 from .config import TrainConfig
@@ -32,17 +35,20 @@ from .labels import read_classes_file
 from .losses import SegmentationLoss, segmentation_metrics
 from .models import build_fcn
 
-RUN_FILES = ("best.keras", "last.keras", "history.csv", "config.json", "card.json")
+RUN_FILES = ("best.keras", "best.json", "last.keras", "history.csv", "config.json", "card.json")
 
 
 class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
     """Keras's ModelCheckpoint (same monitor/mode/best logic), but it writes to a temp
     file beside the target and renames it into place: a crash mid-save never leaves a
-    half-written checkpoint."""
+    half-written checkpoint. With ``twin`` (an uncompiled float32 model of the same
+    architecture) the twin is saved holding the weights: no optimizer, no compile state
+    with fcnx's loss, so the file loads in plain Keras anywhere (best.keras; and every
+    checkpoint of a mixed-precision run, which are float32 that way)."""
 
-    def __init__(self, filepath: str | Path, float32_twin: keras.Model | None = None, **kwargs: Any) -> None:
+    def __init__(self, filepath: str | Path, twin: keras.Model | None = None, **kwargs: Any) -> None:
         super().__init__(str(filepath), **kwargs)
-        self._twin = float32_twin  # mixed-precision training: what gets saved is this float32 copy
+        self._twin = twin
         self._final = Path(filepath)
         self._partial = self._final.with_name(f".{self._final.stem}.partial.keras")
         self._partial.unlink(missing_ok=True)  # left by a killed run
@@ -57,6 +63,89 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
                 self._twin.set_weights(self.model.get_weights())
                 self._twin.save(self._partial, overwrite=True)
             replace_durably(self._partial, self._final)
+            if self.save_best_only:  # what the file holds, for a resumed run's threshold
+                value = (logs or {}).get(self.monitor)
+                record = {"epoch": epoch, self.monitor: None if value is None else float(value)}
+                atomic_write_text(_record_of(self._final), json.dumps(record) + "\n")
+
+
+def _record_of(checkpoint: Path) -> Path:
+    return checkpoint.with_suffix(".json")  # best.keras -> best.json
+
+
+def best_so_far(checkpoint: Path, monitor: str) -> float | None:
+    """The monitored value of the epoch ``checkpoint`` holds, so a resumed run does not
+    replace it with a worse epoch; None without the file (the next epoch then saves it).
+    Taken from the record written after the file, never from history.csv: an epoch whose
+    save a kill interrupted is in the history but not in the file."""
+    if not checkpoint.is_file():
+        return None
+    try:
+        value = json.loads(_record_of(checkpoint).read_text(encoding="utf-8"))[monitor]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras's BackupAndRestore (resume at the epoch a run was stopped in), written so that
+    no kill can leave a torn backup: each epoch's weights go to a file of their own,
+    written atomically; then ``state.json`` (atomic too) names that file and the epoch;
+    then the older file goes. Whenever a kill lands, state.json names a complete file.
+    The run removes the backup itself, after its final card (see ``train``)."""
+
+    STATE = "state.json"
+
+    def __init__(self, backup_dir: str | Path) -> None:
+        super().__init__(str(backup_dir), save_freq="epoch", delete_checkpoint=False)
+        self._folder = Path(backup_dir)
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        for stale in self._folder.glob(".*"):  # temps of a save a kill interrupted
+            stale.unlink(missing_ok=True)
+        state_path = self._folder / self.STATE
+        if not state_path.is_file():
+            return  # killed before the first epoch ended: the run starts from epoch 1
+        try:
+            state = json.loads(state_path.read_text(encoding="utf-8"))
+            weights, epoch = self._folder / state["weights"], int(state["epoch"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DataError(
+                f"{state_path}: not a backup fcnx can read ({exc}); {self._way_forward()}"
+            ) from None
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        try:
+            self.model.load_weights(weights)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise DataError(
+                f"{weights}: the backup of epoch {epoch} cannot be read ({first}); {self._way_forward()}"
+            ) from None
+        self.model._initial_epoch = epoch
+
+    @classmethod
+    def saved_epoch(cls, backup_dir: Path) -> int:
+        """The epoch a resume starts at (0: from the beginning)."""
+        try:
+            return int(json.loads((backup_dir / cls.STATE).read_text(encoding="utf-8"))["epoch"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+
+    def _way_forward(self) -> str:
+        return f"remove {self._folder} and pass --resume again to restart this run from epoch 1"
+
+    def _save_model(self) -> None:
+        self._folder.mkdir(parents=True, exist_ok=True)
+        name = f"epoch-{self._current_epoch:04d}.weights.h5"
+        with atomic_path(self._folder / name, suffix=".weights.h5") as tmp:  # Keras wants that suffix
+            self.model.save_weights(str(tmp), overwrite=True)
+        atomic_write_text(
+            self._folder / self.STATE, json.dumps({"epoch": self._current_epoch, "weights": name})
+        )
+        for older in self._folder.glob("epoch-*.weights.h5"):
+            if older.name != name:
+                older.unlink(missing_ok=True)
 
 
 def _cpu_flags() -> set[str]:
@@ -81,23 +170,33 @@ def training_precision(requested: str) -> str:
     return "mixed_bfloat16" if "amx_bf16" in _cpu_flags() else "float32"
 
 
-def _best_so_far(history: Path, monitor: str) -> float | None:
-    """The best monitored value in an interrupted run's history, so a resumed run does
-    not overwrite best.keras with a worse epoch."""
-    if not history.exists():
-        return None
+def _trim_history(history: Path, start: int) -> None:
+    """Keep the rows of epochs before ``start`` (those are in the backup)."""
+    if not history.is_file():
+        return
     with history.open(newline="") as f:
-        values = [float(row[monitor]) for row in csv.DictReader(f) if row.get(monitor)]
-    return max(values) if values else None
+        rows = list(csv.reader(f))
+    if not rows:
+        return
+    header, body = rows[0], rows[1:]
+    kept = [row for row in body if row and int(row[header.index("epoch")]) < start]
+    if len(kept) != len(body):
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerows([header, *kept])
+        atomic_write_text(history, buffer.getvalue())
 
 
 def _prepare_run_dir(out: Path, resume: bool) -> None:
-    backup = out / "backup"
+    """A new run needs an empty folder; --resume needs an unfinished run: its config is
+    there and its card has no final metrics yet (killed in epoch 1 -- no backup yet --,
+    mid-run, or after training but before the card; the backup, if any, says where)."""
     if resume:
-        if not backup.is_dir():
-            done = (out / "history.csv").exists() and (out / "last.keras").exists()
-            reason = "it already finished" if done else "no interrupted run is there"
-            raise DataError(f"{out}: nothing to resume ({reason})")
+        card = out / "card.json"
+        if not (out / "config.json").is_file() or not card.is_file():
+            raise DataError(f"{out}: nothing to resume (no run was started there)")
+        finished = bool(ModelCard.read(card).training.get("val_metrics")) and not (out / "backup").exists()
+        if finished:
+            raise DataError(f"{out}: nothing to resume (it already finished)")
         return
     if out.exists() and any(out.iterdir()):
         raise DataError(f"{out}: run folder is not empty; pass --resume to continue it or choose another -o")
@@ -186,6 +285,8 @@ def train(
     are extra Keras callbacks, run after fcnx's own (backup, checkpoints, CSV, TensorBoard)."""
     out = Path(config.out)
     _prepare_run_dir(out, config.resume)
+    for name in RUN_FILES:  # what writes a killed run interrupted left (a SIGKILL cleans nothing)
+        remove_stale_temps(out / name)
     if config.resume:
         config = _saved_config(out, config)
     train_set, val_set = load_training_data(config)
@@ -200,7 +301,7 @@ def train(
     keras.utils.set_random_seed(config.seed)
     precision = training_precision(config.precision)
     model = build_fcn(model_config, precision)
-    twin = build_fcn(model_config) if precision != "float32" else None
+    plain = build_fcn(model_config)  # uncompiled float32: what checkpoints that load anywhere hold
     total_steps = config.epochs * config.steps_per_epoch
     lr: Any = config.lr
     if config.schedule == "cosine":
@@ -216,8 +317,13 @@ def train(
         ),
         metrics=segmentation_metrics(model_config.head, train_set.classes.names),
     )
+    if config.resume:  # the epochs the backup has not got are redone: their rows go
+        _trim_history(out / "history.csv", AtomicBackupAndRestore.saved_epoch(out / "backup"))
     all_callbacks = [
-        keras.callbacks.BackupAndRestore(str(out / "backup")),  # the raw weights: before the swap
+        # history first, backup second: a kill between them leaves a row the resume redoes
+        # (and trims), never an epoch the backup has and the history lacks
+        keras.callbacks.CSVLogger(str(out / "history.csv"), append=config.resume),
+        AtomicBackupAndRestore(out / "backup"),  # the raw weights: before the swap
         # --ema: evaluate with the averaged weights, and from here on each epoch's end sees them
         *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if config.ema else []),
         AtomicModelCheckpoint(
@@ -225,11 +331,11 @@ def train(
             monitor="val_miou",
             mode="max",
             save_best_only=True,
-            initial_value_threshold=_best_so_far(out / "history.csv", "val_miou"),
-            float32_twin=twin,
+            initial_value_threshold=best_so_far(out / "best.keras", "val_miou"),
+            twin=plain,  # best.keras loads in plain Keras: no optimizer, no fcnx loss in it
         ),
-        AtomicModelCheckpoint(out / "last.keras", float32_twin=twin),
-        keras.callbacks.CSVLogger(str(out / "history.csv"), append=config.resume),
+        # last.keras keeps the training state (optimizer, loss); float32 either way
+        AtomicModelCheckpoint(out / "last.keras", twin=plain if precision != "float32" else None),
         keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False, profile_batch=0),
         *(callbacks or []),
     ]
@@ -256,4 +362,5 @@ def train(
     metrics["train_seconds"] = round(seconds, 1)
     metrics["epochs"] = config.epochs
     make_card(config, train_set, val_set, metrics, precision).write(out / "card.json")
+    shutil.rmtree(out / "backup", ignore_errors=True)  # the run is complete: nothing left to resume
     return {"run": str(out), "val_metrics": metrics, "seconds": seconds, "precision": precision}

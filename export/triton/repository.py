@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from fcnx.runtime.atomic import remove_stale_temps
 from fcnx.runtime.backends.trt.sidecar import sidecar_path
 
 from ..onnx_export import ExportError
@@ -55,6 +56,7 @@ def write_repository(config: TritonRepoConfig) -> dict[str, Any]:
     text = text_format.MessageToString(message)
 
     repo.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(target)  # what a killed export of REPO/NAME left: .NAME.*.tmp / .old folders
     tmp = Path(tempfile.mkdtemp(prefix=f".{config.name}.", suffix=".tmp", dir=repo))
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700; Triton's container user must read it

@@ -101,20 +101,35 @@ def _engine_info(path: Path) -> dict[str, Any]:
 
 
 def _keras_info(path: Path) -> dict[str, Any]:
+    """A .keras file or run folder, opened the safe way (safe_mode: no Lambda layers; a
+    garbage file is one line saying so) when Keras is installed; else its card.json only."""
+    import importlib.util
+
+    from fcnx.runtime.backends.registry import load
     from fcnx.runtime.card import ModelCard
 
-    card_path = (path if path.is_dir() else path.parent) / "card.json"
-    if not card_path.is_file():
-        raise ValueError(f"{card_path}: missing; fcnx info reads a Keras model's card from its run folder")
-    card = ModelCard.read(card_path)
-    h, w, c = card.input_height, card.input_width, card.input_channels
+    if importlib.util.find_spec("keras") is not None:
+        with load(path, "keras") as backend:  # a file Keras cannot or must not open: BackendError
+            card = backend.card
+            h, w = backend.input_hw
+        note = "opened with Keras (safe mode); export with fcnx export onnx to deploy"
+    else:
+        card_path = (path if path.is_dir() else path.parent) / "card.json"
+        if not card_path.is_file():
+            raise ValueError(
+                f'{card_path}: missing, and Keras is not installed to open {path}: pip install "fcnx[train]"'
+            )
+        card = ModelCard.read(card_path)
+        h, w = card.input_height, card.input_width
+        note = f'not opened: Keras is not installed (pip install "fcnx[train]"); this is {card_path}'
+    c = card.input_channels
     return {
         "kind": "keras",
         "card": card,
         "inputs": [{"name": "image", "shape": ["N", h or "H", w or "W", c], "type": "uint8"}],
         "outputs": [{"name": "probs", "shape": ["N", "H", "W", card.num_classes], "type": "float32"}],
         "runs_here_on": ["keras"],
-        "note": 'needs the train extra: pip install "fcnx[train]"; export with fcnx export onnx to deploy',
+        "note": note,
     }
 
 

@@ -57,3 +57,11 @@ def _card_json(onnx_path: Path) -> str:
 
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     return str(session.get_modelmeta().custom_metadata_map["fcnx.card"])
+
+
+def test_a_keras_file_is_opened_the_safe_way(tmp_path: Path, tiny_run: Path, capsys: Any) -> None:
+    (tmp_path / "garbage.keras").write_bytes(b"not a zip")
+    assert main(["info", str(tmp_path / "garbage.keras")]) == 1
+    assert "garbage.keras: not a Keras .keras file" in capsys.readouterr().err
+    assert main(["info", str(tiny_run / "best.keras")]) == 0
+    assert "opened with Keras (safe mode)" in capsys.readouterr().out
