@@ -9,11 +9,12 @@ from typing import Any
 import cv2
 import numpy as np
 
+from fcnx.runtime.atomic import atomic_write_bytes
 from fcnx.runtime.backends.base import Backend, BackendError, native_size
 from fcnx.runtime.backends.ort import OrtBackend
 from fcnx.runtime.card import ModelCard
 from fcnx.runtime.images import dataset_images, read_image, read_label
-from fcnx.runtime.predict.segmenter import Segmenter
+from fcnx.runtime.predict.segmenter import Segmenter, mask_from_probs
 from fcnx.train.evaluate import keras_segmenter
 from fcnx.train.labels import class_spec_from_card
 
@@ -57,6 +58,17 @@ def parity_images(
     return images, truths, names
 
 
+def disagreement_png(image: np.ndarray, keras_mask: np.ndarray, mask: np.ndarray) -> bytes:
+    """The image in grey, pixels where ``mask`` differs from ``keras_mask`` in red."""
+    grey = image[..., 0] if image.shape[2] == 1 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    picture = np.repeat(grey[..., None], 3, axis=2)
+    picture[keras_mask != mask] = (255, 0, 0)
+    ok, data = cv2.imencode(".png", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError("OpenCV could not encode a disagreement picture")
+    return data.tobytes()
+
+
 def run_backend(backend: Backend, images: list[np.ndarray]) -> dict[str, np.ndarray]:
     """All images through the runtime's one prediction path (Segmenter); "mask" always (the
     graph's own when it has one), "probs" when the model has them, stacked."""
@@ -74,11 +86,16 @@ def check_against_keras(
     data: str | Path | None = None,
     random_images: int = 4,
     display_names: list[str] | None = None,
+    maps: str | Path | None = None,
+    max_maps: int = 4,
 ) -> list[ParityRow]:
     """One judged ParityRow per artifact. An artifact that cannot be loaded or run gets
-    a failing row saying why; the others are still compared."""
+    a failing row saying why; the others are still compared. With ``maps``, the first
+    ``max_maps`` real images get a disagreement picture per artifact,
+    MAPS/ARTIFACT-NAME/IMAGE.png: the image in grey, red where the artifact's mask differs
+    from Keras's (do FP16/INT8 flips sit on class boundaries or form blobs?)."""
     rows: list[ParityRow] = []
-    cache: dict[tuple[int, int], tuple[list[np.ndarray], list[np.ndarray | None], np.ndarray]] = {}
+    cache: dict[tuple[int, int], tuple[list[np.ndarray], list[np.ndarray | None], np.ndarray, list[str]]] = {}
     for i, artifact in enumerate(artifacts):
         shown = display_names[i] if display_names else str(artifact)
         try:
@@ -93,12 +110,18 @@ def check_against_keras(
             continue
         size = native_size(backend, DEFAULT_SIZE)
         if size not in cache:
-            images, truths, _ = parity_images(card, size, data, random_images)
+            images, truths, names = parity_images(card, size, data, random_images)
             reference = keras_segmenter(model, card).predict(images, probs=True)
-            cache[size] = (images, truths, np.stack(reference))
-        images, truths, reference = cache[size]
+            cache[size] = (images, truths, np.stack(reference), names)
+        images, truths, reference, names = cache[size]
         outputs = run_backend(backend, images)
         probs, mask = outputs.get("probs"), outputs["mask"]
+        if maps is not None:
+            real = [j for j in range(len(images)) if j >= random_images][:max_maps]
+            keras_mask = mask_from_probs(reference)
+            for j in real:
+                path = Path(maps) / Path(shown).name / f"{Path(names[j]).stem}.png"
+                atomic_write_bytes(path, disagreement_png(images[j], keras_mask[j], mask[j]))
         accumulator = ParityAccumulator(shown, backend.card.precision, card.num_classes)
         for j, truth in enumerate(truths):
             accumulator.add(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import signal
 import sys
 import threading
@@ -19,7 +20,11 @@ from .backends.base import BackendError, MissingExtra
 
 # name -> (module, extra that provides its libraries, one-line help)
 COMMANDS: dict[str, tuple[str, str | None, str]] = {
-    "demo": ("fcnx.train.commands.demo", "train", "synth -> train briefly -> evaluate, in one folder"),
+    "demo": (
+        "fcnx.export.commands.demo",
+        "demo",
+        "the whole product on synthetic data: train, export + parity, predict, bench, report.html",
+    ),
     "synth": ("fcnx.train.commands.synth", None, "write a synthetic EM-like image/label dataset"),
     "train": ("fcnx.train.commands.train", "train", "train an FCN on an image/label folder"),
     "evaluate": ("fcnx.train.commands.evaluate", "train", "mIoU, per-class IoU, accuracy, Dice of a model"),
@@ -40,9 +45,20 @@ COMMANDS: dict[str, tuple[str, str | None, str]] = {
         None,
         "latency/throughput of models x backends x batches, side by side",
     ),
+    "report": ("fcnx.runtime.commands.report", "report", "one self-contained HTML page from what fcnx wrote"),
 }
 
-HEAVY_LIBRARIES = {"tensorflow", "keras", "tensorboard", "tf2onnx", "onnx", "onnxconverter_common"}
+OPTIONAL_LIBRARIES = {
+    "tensorflow",
+    "keras",
+    "tensorboard",
+    "tf2onnx",
+    "onnx",
+    "onnxconverter_common",
+    "jinja2",
+    "matplotlib",
+    "onnxruntime",
+}
 
 
 class CommandError(Exception):
@@ -75,7 +91,7 @@ def _version() -> str:
 
 def _missing_extra(exc: ModuleNotFoundError, command: str, extra: str | None) -> CommandError | None:
     root = (exc.name or "").split(".")[0]
-    if root not in HEAVY_LIBRARIES:
+    if root not in OPTIONAL_LIBRARIES:
         return None
     need = extra or "all"
     return CommandError(f'fcnx {command} needs {root}, which is not installed: pip install "fcnx[{need}]"', 2)
@@ -102,14 +118,60 @@ def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+# What TensorFlow, absl and oneDNN print on every start (to the process's stderr, from C++,
+# before fcnx could configure anything): known noise, dropped line by line. Anything else,
+# errors included, passes; FCNX_DEBUG=1 turns the filter off.
+TF_NOISE = re.compile(
+    r"oneDNN custom operations are on|Could not find cuda drivers|failed call to cuInit|"
+    r"All log messages before absl::InitializeLog\(\) is called|cpu_feature_guard\.cc|"
+    r"^To enable the following instructions: |Unable to register cu(DNN|FFT|BLAS) factory|"
+    r"computation placer already registered|TF-TRT Warning: Could not find TensorRT"
+)
+TF_EXTRAS = ("train", "export", "demo")  # the commands that import TensorFlow
+
+
+class NoiseFilter:
+    """While open, fd 2 is a pipe; a thread copies each line to the real stderr unless it
+    matches ``pattern``. Line-buffered, so only for commands without \\r progress bars."""
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        self.pattern = pattern
+        sys.stderr.flush()
+        self.stderr = os.dup(2)
+        reader, writer = os.pipe()
+        os.dup2(writer, 2)
+        os.close(writer)
+        self.thread = threading.Thread(target=self._pump, args=(reader,), name="fcnx-stderr", daemon=True)
+        self.thread.start()
+
+    def _pump(self, reader: int) -> None:
+        with os.fdopen(reader, "rb") as pipe:
+            for line in pipe:
+                if not self.pattern.search(line.decode("utf-8", errors="replace")):
+                    os.write(self.stderr, line)
+
+    def close(self) -> None:
+        sys.stderr.flush()
+        os.dup2(self.stderr, 2)  # the pipe's last writer goes: the thread sees its end
+        self.thread.join(timeout=5)
+        os.close(self.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_process()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = COMMANDS.get(argv[0]) if argv else None
+    noisy = command is not None and command[1] in TF_EXTRAS and not os.environ.get("FCNX_DEBUG")
+    noise = NoiseFilter(TF_NOISE) if noisy and threading.current_thread() is threading.main_thread() else None
     try:
         return _main(argv)
     except BrokenPipeError:  # `fcnx ... | head`: the reader left; exit quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    finally:
+        if noise is not None:
+            noise.close()
 
 
 def _main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--random-images", type=int, default=4, help="seeded random images (default: 4)")
     parser.add_argument("--json", metavar="FILE", help="write the rows as JSON")
+    parser.add_argument(
+        "--maps",
+        metavar="DIR",
+        help="write disagreement pictures (red: differs from Keras) of the real images",
+    )
     return parser
 
 
@@ -28,7 +33,9 @@ def run(args: argparse.Namespace) -> int:
 
     model = load_keras_model(args.model)
     card = card_for(model, find_card(args.model))
-    rows = check_against_keras(model, args.artifacts, card, data=args.data, random_images=args.random_images)
+    rows = check_against_keras(
+        model, args.artifacts, card, data=args.data, random_images=args.random_images, maps=args.maps
+    )
     print(format_rows(rows))
     if args.json:
         atomic_write_text(args.json, json.dumps([r.to_dict() for r in rows], indent=2) + "\n")

@@ -27,7 +27,7 @@ def rows_of(report: dict[str, Any]) -> list[BenchRow]:
     return [BenchRow.from_dict(r) for r in report["rows"]]
 
 
-def _cell(row: BenchRow, key: str) -> str:
+def cell(row: BenchRow, key: str) -> str:
     if key == "file":
         return Path(row.model).name or row.model
     if key == "model":
@@ -54,7 +54,7 @@ def _model_label(row: BenchRow) -> str:
 def table(report: dict[str, Any], markdown: bool = False, columns: Columns = COLUMNS) -> str:
     rows = rows_of(report)
     header = [title for _, title in columns]
-    body = [[_cell(r, k) for k, _ in columns] for r in rows]
+    body = [[cell(r, k) for k, _ in columns] for r in rows]
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(cells) + " |" for cells in body]
