@@ -130,8 +130,24 @@ def gpu_identity() -> tuple[str, str]:
         raise TensorRTUnavailable(str(exc)) from None
 
 
-def _build_plan(trt: Any, plan: BuildPlan, workspace_gib: float, timing_cache: Path | None) -> bytes:
-    """The TensorRT part: parse, profile, build. Returns the serialized plan."""
+def attach_timing_cache(config: Any, cache_bytes: bytes) -> tuple[Any, str]:
+    """Create and attach a timing cache: the saved one when TensorRT takes it, else a fresh
+    one (a cache from another GPU or TensorRT is rejected). Returns (the cache object
+    attached, or None when even a fresh one could not be; a note saying what happened)."""
+    note = ""
+    for data in (cache_bytes, b"") if cache_bytes else (b"",):
+        cache = config.create_timing_cache(data)
+        if cache is not None and config.set_timing_cache(cache, False):
+            return cache, note
+        note = "the saved timing cache was rejected (another GPU or TensorRT?); building with a fresh one"
+    return None, "TensorRT could not create a timing cache; building without one"
+
+
+def _build_plan(
+    trt: Any, plan: BuildPlan, workspace_gib: float, timing_cache: Path | None
+) -> tuple[bytes, Any, str]:
+    """The TensorRT part: parse, profile, build. Returns the serialized plan, the timing
+    cache object the build used (or None) and a note about the cache."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     # Strongly typed: precision comes from the ONNX. Required for this on 10.12+,
@@ -147,15 +163,25 @@ def _build_plan(trt: Any, plan: BuildPlan, workspace_gib: float, timing_cache: P
     profile = builder.create_optimization_profile()
     profile.set_shape(plan.input_name, *plan.shapes())
     config.add_optimization_profile(profile)
-    cache_bytes = timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b""
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, False)
+    cache, note = None, ""
+    if timing_cache is not None:
+        cache, note = attach_timing_cache(
+            config, timing_cache.read_bytes() if timing_cache.is_file() else b""
+        )
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ExportError(f"{plan.onnx_path}: TensorRT could not build an engine (see the log above)")
-    if timing_cache is not None:
-        atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
-    return bytes(serialized)
+    return bytes(serialized), cache, note
+
+
+def save_timing_cache(cache: Any, path: Path) -> str:
+    """Write the cache the build used (after the plan is safe on disk); a failure here is a
+    note, never a lost build."""
+    try:
+        atomic_write_bytes(path, bytes(cache.serialize()))
+    except Exception as exc:  # TensorRT's own exception types; the engine is already written
+        return f"the timing cache was not saved ({type(exc).__name__}: {str(exc)[:200]})"
+    return ""
 
 
 def build_engine(config: EngineBuildConfig) -> dict[str, Any]:
@@ -165,11 +191,10 @@ def build_engine(config: EngineBuildConfig) -> dict[str, Any]:
     trt = import_tensorrt()
     gpu_name, capability = gpu_identity()
     started = time.perf_counter()
-    serialized = _build_plan(
-        trt, plan, config.workspace, Path(config.timing_cache) if config.timing_cache else None
-    )
+    cache_path = Path(config.timing_cache) if config.timing_cache else None
+    serialized, cache, note = _build_plan(trt, plan, config.workspace, cache_path)
     seconds = time.perf_counter() - started
-    atomic_write_bytes(out, serialized)
+    atomic_write_bytes(out, serialized)  # the plan first: minutes of building are never lost
     sidecar = EngineSidecar(
         card=plan.card,
         tensorrt_version=str(trt.__version__),
@@ -186,4 +211,12 @@ def build_engine(config: EngineBuildConfig) -> dict[str, Any]:
         outputs=plan.outputs,
     )
     write_sidecar(out, sidecar)
-    return {"path": str(out), "sidecar": str(out) + ".json", "seconds": seconds, "gpu": gpu_name}
+    if cache is not None and cache_path is not None:
+        note = "; ".join(n for n in (note, save_timing_cache(cache, cache_path)) if n)
+    return {
+        "path": str(out),
+        "sidecar": str(out) + ".json",
+        "seconds": seconds,
+        "gpu": gpu_name,
+        "note": note,
+    }

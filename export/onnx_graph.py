@@ -16,8 +16,8 @@ OUTPUT_CHOICES = ("both", "probs", "mask")
 
 def add_mask_output(model: onnx.ModelProto, output_kind: str) -> None:
     """Append ``mask`` (uint8 (N, H, W) class ids) computed from ``probs`` inside the
-    graph: ArgMax over classes for softmax, probs > 0.5 for a sigmoid head. A deployed
-    model then returns 1 byte per pixel."""
+    graph: ArgMax over classes for softmax, probs > 0.5 for a sigmoid head, cast to uint8
+    through float (TensorRT-safe). A deployed model then returns 1 byte per pixel."""
     graph = model.graph
     probs = graph.output[0]
     if probs.name != "probs":
@@ -42,8 +42,19 @@ def add_mask_output(model: onnx.ModelProto, output_kind: str) -> None:
         graph.node.append(
             helper.make_node("ArgMax", ["probs"], ["fcnx_ids"], name="fcnx_argmax", axis=3, keepdims=0)
         )
-    graph.node.append(
-        helper.make_node("Cast", ["fcnx_ids"], ["mask"], name="fcnx_mask_uint8", to=TensorProto.UINT8)
+    # ids -> FLOAT -> UINT8, not INT64/BOOL -> UINT8: TensorRT's ONNX parser turns ArgMax into
+    # TopK + INT64, and NVIDIA's docs disagree on whether an integer -> UINT8 cast is
+    # supported (NvInferRuntimeBase.h: UINT8 converts from FLOAT/HALF only); FLOAT -> UINT8
+    # is supported in every reading, and class ids are exact in float32.
+    graph.node.extend(
+        [
+            helper.make_node(
+                "Cast", ["fcnx_ids"], ["fcnx_ids_float"], name="fcnx_ids_float", to=TensorProto.FLOAT
+            ),
+            helper.make_node(
+                "Cast", ["fcnx_ids_float"], ["mask"], name="fcnx_mask_uint8", to=TensorProto.UINT8
+            ),
+        ]
     )
     graph.output.append(helper.make_tensor_value_info("mask", TensorProto.UINT8, shape))
 

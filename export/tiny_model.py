@@ -63,7 +63,10 @@ def tiny_model() -> onnx.ModelProto:
         helper.make_node("Concat", ["minus_d", "d"], ["logits"], axis=-1, name="logits"),
         helper.make_node("Softmax", ["logits"], ["probs"], axis=-1, name="softmax"),
         helper.make_node("ArgMax", ["probs"], ["ids"], axis=-1, keepdims=0, name="argmax"),
-        helper.make_node("Cast", ["ids"], ["mask"], to=TensorProto.UINT8, name="mask"),
+        helper.make_node(
+            "Cast", ["ids"], ["ids_float"], to=TensorProto.FLOAT, name="ids_float"
+        ),  # as fcnx exports
+        helper.make_node("Cast", ["ids_float"], ["mask"], to=TensorProto.UINT8, name="mask"),
     ]
     graph = helper.make_graph(
         nodes,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from fcnx.export.engine import EngineBuildConfig
 from fcnx.export.onnx_export import OnnxExportConfig
@@ -77,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     except TensorRTUnavailable as exc:
         raise CommandError(str(exc), 2) from None
     print(f"wrote {result['path']} and {result['sidecar']} in {result['seconds']:.0f} s on {result['gpu']}")
+    if result["note"]:
+        print(f"note: {result['note']}", file=sys.stderr)
     return 0
 
 

@@ -77,6 +77,7 @@ class _Recorder:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
+        self.accept_cache = True
         self.__version__ = "10.13.0"
         rec = self
 
@@ -111,11 +112,12 @@ class _Recorder:
                 rec.calls.append(("create_timing_cache", data))
                 return Cache()
 
-            def set_timing_cache(self, cache: Cache, ignore_mismatch: bool) -> None:
-                pass
+            def set_timing_cache(self, cache: Cache, ignore_mismatch: bool) -> bool:
+                # as TensorRT does with a cache from another device: refused
+                return rec.accept_cache or rec.calls[-1] == ("create_timing_cache", b"")
 
-            def get_timing_cache(self) -> Cache:
-                return Cache()
+            def get_timing_cache(self) -> None:
+                return None  # what TensorRT gives after a rejected cache: never call it
 
         class Parser:
             num_errors = 0
@@ -223,3 +225,20 @@ def test_real_tensorrt_build(tiny_onnx: Path, tmp_path: Path) -> None:
     names = [deserialized.get_tensor_name(i) for i in range(deserialized.num_io_tensors)]
     assert names == ["image", "probs", "mask"]
     assert read_sidecar(out).tensorrt_version == trt.__version__
+
+
+def test_a_rejected_timing_cache_costs_nothing_but_a_note(
+    tiny_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = _Recorder()
+    fake.accept_cache = False  # the saved cache came from another GPU
+    monkeypatch.setattr(engine, "import_tensorrt", lambda: fake)
+    monkeypatch.setattr(engine, "gpu_identity", lambda: ("NVIDIA L4", "8.9"))
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"from-an-H100")
+    result = build_engine(
+        EngineBuildConfig(onnx=str(tiny_onnx), out=str(tmp_path / "m.engine"), timing_cache=str(cache))
+    )
+    assert (tmp_path / "m.engine").read_bytes() == b"PLAN" and cache.read_bytes() == b"timing-cache"
+    assert [c[1] for c in fake.calls if c[0] == "create_timing_cache"] == [b"from-an-H100", b""]
+    assert "rejected" in result["note"]

@@ -73,9 +73,8 @@ def test_fp16_runs_on_cpu_within_budget_mask_only_fixed_batch(
     assert backend.output_names == ["mask"] and backend.max_batch == 2 and backend.card.precision == "fp16"
     model = onnx.load(str(out))
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
-    assert (
-        out.stat().st_size < 0.6 * (tiny_run / "best.keras").stat().st_size / 3
-    )  # fp16 weights: ~half of fp32
+    # fp16 weights: ~half of fp32 (best.keras holds the float32 weights and no optimizer)
+    assert out.stat().st_size < 0.6 * (tiny_run / "best.keras").stat().st_size
 
 
 def test_existing_output_needs_force(tiny_run: Path, tiny_onnx: Path) -> None:
