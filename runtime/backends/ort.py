@@ -71,8 +71,54 @@ def session_options(ort: Any, options: OrtOptions) -> Any:
     return so
 
 
+@dataclass(frozen=True)
+class TrtEpShape:
+    """What the TensorRT EP's profile lets a session run: the profile options (empty for an
+    all-static input) and the limits Segmenter must keep to."""
+
+    options: dict[str, str]
+    max_batch: int | None
+    fixed_batch: bool
+    input_hw: tuple[int, int]
+
+
+def trt_ep_shape(
+    input_name: str, shape: tuple[int | None, ...], card: ModelCard, batch: BatchProfile, path: Path
+) -> TrtEpShape:
+    """The TensorRT EP profile for an NHWC input whose dims are ints or None (dynamic):
+    profiles only for the dynamic axes (the batch over ``batch``; a dynamic H x W pinned to
+    the card's size), and the limits that follow from it."""
+    n, h, w, c = shape
+    height, width = h or card.input_height, w or card.input_width
+    if height is None or width is None:
+        raise BackendError(
+            f"{path}: ort-trt needs a spatial size for its TensorRT profile, and this file's input is dynamic "
+            "with none in its card; re-export with fcnx export onnx --size HxW"
+        )
+    if n is not None and h is not None and w is not None:
+        return TrtEpShape({}, n, True, (height, width))  # static: TensorRT needs no profile
+    lo, opt, hi = (n, n, n) if n is not None else (batch.min, batch.opt, batch.max)
+    channels = c or card.input_channels
+    options = {
+        f"trt_profile_{kind}_shapes": f"{input_name}:{b}x{height}x{width}x{channels}"
+        for kind, b in (("min", lo), ("opt", opt), ("max", hi))
+    }
+    return TrtEpShape(options, hi, n is not None, (height, width))
+
+
+def cuda_graph_output_shapes(
+    input_shape: tuple[int, int, int, int], card: ModelCard, outputs: list[str]
+) -> dict[str, tuple[int, ...]]:
+    """Output buffer shapes for a CUDA graph, from the fixed input shape (tf2onnx may leave
+    an output's dims symbolic, like ``unk__215``, even when the input is fixed)."""
+    n, h, w, _ = input_shape
+    classes = card.num_classes if card.output_kind == "softmax" else 1
+    known = {"probs": (n, h, w, classes), "mask": (n, h, w)}
+    return {name: known[name] for name in outputs}
+
+
 def _provider_options(
-    name: str, path: Path, card: ModelCard | None, input_name: str, options: OrtOptions
+    name: str, path: Path, card: ModelCard | None, trt_shape: TrtEpShape | None, options: OrtOptions
 ) -> list[tuple[str, dict[str, str]]]:
     """The provider list for one backend name, most specific first (CPU always last so
     nodes a GPU provider declines still run)."""
@@ -94,13 +140,8 @@ def _provider_options(
             "trt_timing_cache_enable": "1",
             "trt_timing_cache_path": str(cache),
             "trt_fp16_enable": "1" if card is not None and card.precision == "fp16" else "0",
+            **(trt_shape.options if trt_shape is not None else {}),
         }
-        if card is not None:
-            h, w, c = card.input_height, card.input_width, card.input_channels
-            lo, opt, hi = options.trt_batch.min, options.trt_batch.opt, options.trt_batch.max
-            trt["trt_profile_min_shapes"] = f"{input_name}:{lo}x{h}x{w}x{c}"
-            trt["trt_profile_opt_shapes"] = f"{input_name}:{opt}x{h}x{w}x{c}"
-            trt["trt_profile_max_shapes"] = f"{input_name}:{hi}x{h}x{w}x{c}"
         providers.append(("TensorrtExecutionProvider", trt))
     if name in ("ort-trt", "ort-cuda"):
         providers.append(("CUDAExecutionProvider", cuda))
@@ -149,11 +190,13 @@ def check_graph(session: Any, card: ModelCard, path: Path) -> None:
         raise BackendError(f"{path}: its fcnx card and its graph disagree: {'; '.join(problems)}")
 
 
-def _peek(ort: Any, path: Path) -> tuple[ModelCard, str]:
-    """Card and input name from a plain CPU session, before the TensorRT EP session that
-    needs them for its profile."""
+def _peek(ort: Any, path: Path, batch: BatchProfile) -> tuple[ModelCard, TrtEpShape]:
+    """Card and TensorRT EP profile from a plain CPU session, before the TensorRT EP session
+    that needs them."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return _card_of(session, path), session.get_inputs()[0].name
+    card, image = _card_of(session, path), session.get_inputs()[0]
+    shape = tuple(d if isinstance(d, int) else None for d in image.shape)
+    return card, trt_ep_shape(image.name, shape, card, batch, path)
 
 
 class OrtBackend(Backend):
@@ -177,8 +220,10 @@ class OrtBackend(Backend):
                 f"(available: {', '.join(available)})"
             )
         try:
-            card, input_name = _peek(ort, self.path) if name == "ort-trt" else (None, "")
-            providers = _provider_options(name, self.path, card, input_name, self.options)
+            card, trt_shape = (
+                _peek(ort, self.path, self.options.trt_batch) if name == "ort-trt" else (None, None)
+            )
+            providers = _provider_options(name, self.path, card, trt_shape, self.options)
             if name == "ort-trt":
                 Path(providers[0][1]["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
             self.session = ort.InferenceSession(
@@ -206,6 +251,12 @@ class OrtBackend(Backend):
         self.max_batch: int | None = self.input_shape[0]
         self.fixed_batch = self.max_batch is not None
         self.input_hw: tuple[int | None, int | None] = (self.input_shape[1], self.input_shape[2])
+        if trt_shape is not None:  # the TensorRT EP runs what its profile covers, nothing else
+            self.max_batch, self.fixed_batch, self.input_hw = (
+                trt_shape.max_batch,
+                trt_shape.fixed_batch,
+                trt_shape.input_hw,
+            )
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._on_gpu = name != "ort-cpu"
         self._graph_binding: tuple[Any, Any, list[Any]] | None = None
@@ -228,9 +279,10 @@ class OrtBackend(Backend):
         outputs = []
         binding = self.session.io_binding()
         binding.bind_ortvalue_input(self.input_name, image)
+        shapes = cuda_graph_output_shapes((n, h, w, c), self.card, self.output_names)
         for out in self.session.get_outputs():
             dtype = np.uint8 if out.type == "tensor(uint8)" else np.float32
-            value = ort.OrtValue.ortvalue_from_shape_and_type(list(out.shape), dtype, *device)
+            value = ort.OrtValue.ortvalue_from_shape_and_type(list(shapes[out.name]), dtype, *device)
             binding.bind_ortvalue_output(out.name, value)
             outputs.append(value)
         return binding, image, outputs
