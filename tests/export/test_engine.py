@@ -66,7 +66,8 @@ def test_cli_without_tensorrt_is_one_line_exit_2(tiny_onnx: Path, tmp_path: Path
     )
     assert out.returncode == 2
     assert out.stderr.strip() == (
-        'error: TensorRT is not installed: pip install "fcnx[tensorrt]" on a machine with an NVIDIA GPU'
+        'error: TensorRT is not installed: pip install "fcnx[gpu,tensorrt]" --extra-index-url https://pypi.nvidia.com '
+        'on a machine with an NVIDIA GPU (CUDA 12 drivers: "fcnx[gpu-cu12,tensorrt-cu12]")'
     )
     assert not list(tmp_path.iterdir())
 

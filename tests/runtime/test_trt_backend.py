@@ -544,9 +544,12 @@ def test_same_capability_other_gpu_loads_with_a_warning(
     [
         (
             "tensorrt",
-            'TensorRT is not installed: pip install "fcnx\\[tensorrt\\]" on a machine with an NVIDIA GPU',
+            'TensorRT is not installed: pip install "fcnx\\[gpu,tensorrt\\]" --extra-index-url https://pypi.nvidia.com',
         ),
-        ("cuda.bindings", 'cuda-python is not installed: pip install "fcnx\\[tensorrt\\]" on a machine'),
+        (
+            "cuda.bindings",
+            'cuda-python is not installed: pip install "fcnx\\[gpu,tensorrt\\]" --extra-index-url',
+        ),
     ],
 )
 def test_missing_libraries_are_one_line_errors(
@@ -763,3 +766,26 @@ def test_real_engine_masks_match_onnxruntime(tiny_onnx: Path, tmp_path: Path) ->
             margin = top2[..., 1] - top2[..., 0]
             assert np.all(margin[got["mask"] != want["mask"]] < 1e-2)
     reference.close()
+
+
+def test_a_driver_too_old_for_cuda_python_says_so_and_what_to_do() -> None:
+    from fcnx.runtime.backends.trt.cuda import GpuUnavailable, gpu_identity
+
+    class Error:
+        def __init__(self, name: str, value: int) -> None:
+            self.name, self.value = name, value
+
+    class OldDriver:
+        def cudaGetDeviceProperties(self, device: int) -> tuple[Error, None]:
+            return Error("cudaErrorInsufficientDriver", 35), None
+
+        def cudaDriverGetVersion(self) -> tuple[Error, int]:
+            return Error("cudaSuccess", 0), 12040
+
+        def cudaRuntimeGetVersion(self) -> tuple[Error, int]:
+            return Error("cudaSuccess", 0), 13000
+
+    with pytest.raises(
+        GpuUnavailable, match=r"driver is too old: it supports CUDA 12\.4, this cuda-python is CUDA 13\.0"
+    ):
+        gpu_identity(OldDriver())

@@ -12,7 +12,10 @@ from typing import Any
 
 from ..base import BackendError
 
-INSTALL_HINT = 'pip install "fcnx[tensorrt]" on a machine with an NVIDIA GPU'
+INSTALL_HINT = (
+    'pip install "fcnx[gpu,tensorrt]" --extra-index-url https://pypi.nvidia.com on a machine with an NVIDIA GPU '
+    '(CUDA 12 drivers: "fcnx[gpu-cu12,tensorrt-cu12]")'
+)
 TENSORRT_MISSING = f"TensorRT is not installed: {INSTALL_HINT}"
 CUDA_PYTHON_MISSING = f"cuda-python is not installed: {INSTALL_HINT}"
 
@@ -62,11 +65,25 @@ def check_cuda(result: Any, call: str) -> Any:
     return values[0] if len(values) == 1 else values
 
 
+def _cuda_version(code: int) -> str:
+    return f"{code // 1000}.{code % 1000 // 10}"  # 12040 -> "12.4"
+
+
 def gpu_identity(cudart: Any | None = None) -> tuple[str, str]:
-    """(GPU name, compute capability "major.minor") of device 0, via cuda-python."""
+    """(GPU name, compute capability "major.minor") of device 0, via cuda-python. A driver
+    too old for this cuda-python's CUDA says so, with the two ways forward."""
     cudart = cudart if cudart is not None else import_cudart()
     err, props = cudart.cudaGetDeviceProperties(0)
     if cuda_error_code(err) != 0:
-        raise GpuUnavailable(f"no usable NVIDIA GPU (cudaGetDeviceProperties: {cuda_error_name(err)})")
-    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-    return name.strip("\x00 "), f"{props.major}.{props.minor}"
+        name = cuda_error_name(err)
+        if name == "cudaErrorInsufficientDriver":
+            driver = check_cuda(cudart.cudaDriverGetVersion(), "cudaDriverGetVersion")
+            runtime = check_cuda(cudart.cudaRuntimeGetVersion(), "cudaRuntimeGetVersion")
+            raise GpuUnavailable(
+                f"the NVIDIA driver is too old: it supports CUDA {_cuda_version(int(driver))}, this cuda-python is "
+                f"CUDA {_cuda_version(int(runtime))}; update the driver (CUDA 13 needs >= 580.65) or install the "
+                'CUDA 12 set: pip install "fcnx[gpu-cu12,tensorrt-cu12]"'
+            )
+        raise GpuUnavailable(f"no usable NVIDIA GPU (cudaGetDeviceProperties: {name})")
+    gpu = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
+    return gpu.strip("\x00 "), f"{props.major}.{props.minor}"
