@@ -28,6 +28,7 @@ import pytest
 from fcnx.runtime.backends.base import Backend, BackendError
 from fcnx.runtime.backends.trt.buffers import (
     SLOTS,
+    STREAMS,
     EngineTensor,
     Slot,
     double_buffered,
@@ -207,6 +208,13 @@ class FakeCudart:
         self._run(event.stream, lambda: event.done)
         return (Err.cudaSuccess,)
 
+    def cudaStreamWaitEvent(self, stream: Handle, event: Handle, flags: int) -> tuple[Err]:
+        """Work enqueued on ``stream`` after this waits until ``event`` (recorded on another
+        stream) has happened: the other stream runs up to it first."""
+        self.log.append(("cudaStreamWaitEvent", int(stream), event.value))
+        self.streams[int(stream)].append(lambda: self._run(event.stream, lambda: event.done))
+        return (Err.cudaSuccess,)
+
     def cudaStreamSynchronize(self, stream: Handle) -> tuple[Err]:
         self.log.append(("cudaStreamSynchronize", int(stream)))
         self._run(int(stream))
@@ -323,7 +331,7 @@ class FakeContext:
 
     def execute_async_v3(self, stream_handle: int) -> bool:
         assert isinstance(stream_handle, int)
-        self.gpu.log.append(("execute_async_v3", self.addresses["image"]))
+        self.gpu.log.append(("execute_async_v3", self.addresses["image"], stream_handle))
         shape, addresses, device = self.shape, dict(self.addresses), self.gpu.device
         assert shape is not None
 
@@ -601,10 +609,10 @@ def test_backend_identity_and_buffers(gpu: tuple[FakeCudart, FakeTensorRT], engi
     per_slot = [4 * H * W, 4 * H * W * 2 * 4, 4 * H * W]  # image, probs, mask at max batch 4
     assert [c[1] for c in cudart.calls("cudaMallocHost")] == per_slot * SLOTS
     assert [c[1] for c in cudart.calls("cudaMalloc")] == per_slot * SLOTS
-    assert len(cudart.calls("cudaEventCreate")) == SLOTS
+    assert len(cudart.calls("cudaEventCreate")) == 3 * SLOTS  # uploaded, computed, done
     assert cudart.calls("cudaStreamCreateWithFlags") == [
         ("cudaStreamCreateWithFlags", cudart.cudaStreamNonBlocking)
-    ]
+    ] * len(STREAMS)  # upload, compute, download
     backend.close()
 
 
@@ -708,7 +716,8 @@ def test_close_frees_everything_once(gpu: tuple[FakeCudart, FakeTensorRT], engin
     backend.close()
     assert sorted(c[1] for c in cudart.calls("cudaFreeHost")) == sorted(host)
     assert sorted(c[1] for c in cudart.calls("cudaFree")) == sorted(device)
-    assert len(cudart.calls("cudaEventDestroy")) == SLOTS and len(cudart.calls("cudaStreamDestroy")) == 1
+    assert len(cudart.calls("cudaEventDestroy")) == 3 * SLOTS
+    assert len(cudart.calls("cudaStreamDestroy")) == len(STREAMS)
     assert cudart.host == {} and cudart.device == {}
     with pytest.raises(BackendError, match=r"model\.engine: this trt backend is closed"):
         backend.infer(images(1, seed=0))
@@ -789,3 +798,20 @@ def test_a_driver_too_old_for_cuda_python_says_so_and_what_to_do() -> None:
         GpuUnavailable, match=r"driver is too old: it supports CUDA 12\.4, this cuda-python is CUDA 13\.0"
     ):
         gpu_identity(OldDriver())
+
+
+def test_uploads_compute_and_downloads_run_on_their_own_streams_linked_by_events(
+    gpu: tuple[FakeCudart, FakeTensorRT], engine_file: Path
+) -> None:
+    """As trtexec does: batch i+1's upload never queues behind batch i's compute or
+    download; the compute waits for its upload, the download for its compute."""
+    cudart, _ = gpu
+    backend = open_backend(engine_file)
+    upload, compute, download = (int(backend._streams[role]) for role in STREAMS)
+    assert len({upload, compute, download}) == 3
+    cudart.log.clear()
+    list(backend.infer_stream([images(4, seed=0), images(4, seed=1)]))
+    ran_on = {entry[2] for entry in cudart.log if entry[0] == "execute_async_v3"}
+    waits = [(entry[1]) for entry in cudart.log if entry[0] == "cudaStreamWaitEvent"]
+    assert ran_on == {compute} and waits == [compute, download, compute, download]
+    backend.close()

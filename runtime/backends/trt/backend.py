@@ -1,5 +1,6 @@
 """The native TensorRT backend (``trt``): a ``model.engine`` run with TensorRT's named-tensor
-API on one CUDA stream, pinned host buffers and double buffering.
+API, pinned host buffers, double buffering, and separate upload / compute / download CUDA
+streams linked by events (so batch i+1's upload overlaps batch i's compute).
 
 Written to the documented TensorRT 10/11 Python API and cuda-python's runtime module,
 and kept thin: the sidecar check, the tensor checks and sizes, the batch rows and the
@@ -24,8 +25,8 @@ import numpy as np
 
 from ...card import CardError, ModelCard
 from ..base import Backend, BackendError
-from .buffers import SLOTS, BufferPlan, EngineTensor, Slot, double_buffered, host_array, plan_buffers
-from .cuda import check_cuda, gpu_identity, import_cudart, import_tensorrt
+from .buffers import SLOTS, STREAMS, BufferPlan, EngineTensor, Slot, double_buffered, host_array, plan_buffers
+from .cuda import check_cuda, gpu_identity, import_cudart, import_tensorrt, stream_handle
 from .sidecar import EngineMismatch, EngineSidecar, check_compatible, read_sidecar
 
 
@@ -66,7 +67,7 @@ class TrtBackend(Backend):
         super().__init__(path)
         self._streaming = False
         self._slots: list[Slot] = []
-        self._stream: Any = None
+        self._streams: dict[str, Any] = {}  # STREAMS: upload, compute, download
         self._context: Any = None
         self._engine: Any = None
         self._runtime: Any = None
@@ -125,9 +126,12 @@ class TrtBackend(Backend):
         return check_cuda(getattr(self._cuda, function)(*args), f"{self.path}: {function}")
 
     def _allocate(self) -> None:
-        """One non-blocking stream; per slot a pinned host and a device buffer per tensor
-        (sized at the profile's max batch) and an event."""
-        self._stream = self._call("cudaStreamCreateWithFlags", self._cuda.cudaStreamNonBlocking)
+        """Three non-blocking streams (upload, compute, download, linked by events, as
+        trtexec does: batch i+1's upload overlaps batch i's compute and download); per slot a
+        pinned host and a device buffer per tensor (sized at the profile's max batch) and its
+        three events: uploaded, computed, done."""
+        for role in STREAMS:
+            self._streams[role] = self._call("cudaStreamCreateWithFlags", self._cuda.cudaStreamNonBlocking)
         for index in range(SLOTS):
             slot = Slot(index)
             self._slots.append(slot)
@@ -137,6 +141,8 @@ class TrtBackend(Backend):
                     slot.host_ptr[tensor.name], tensor.dtype, tensor.max_shape
                 )
                 slot.device_ptr[tensor.name] = self._call("cudaMalloc", tensor.nbytes)
+            slot.uploaded = self._call("cudaEventCreate")
+            slot.computed = self._call("cudaEventCreate")
             slot.event = self._call("cudaEventCreate")
 
     def _submit(self, slot: Slot, batch: np.ndarray) -> None:
@@ -157,21 +163,25 @@ class TrtBackend(Backend):
         for tensor in self.plan.tensors:
             if not self._context.set_tensor_address(tensor.name, slot.device_ptr[tensor.name]):
                 raise BackendError(f"{self.path}: TensorRT refused the buffer address for {tensor.name!r}")
-        kinds = self._cuda.cudaMemcpyKind
+        kinds, upload, compute, download = self._cuda.cudaMemcpyKind, *(self._streams[r] for r in STREAMS)
         self._copy(slot.device_ptr[source.name], slot.host_ptr[source.name], source.nbytes_for(rows),
-                   kinds.cudaMemcpyHostToDevice)  # fmt: skip
-        if not self._context.execute_async_v3(int(self._stream)):
+                   kinds.cudaMemcpyHostToDevice, upload)  # fmt: skip
+        self._call("cudaEventRecord", slot.uploaded, upload)
+        self._call("cudaStreamWaitEvent", compute, slot.uploaded, 0)
+        if not self._context.execute_async_v3(stream_handle(compute)):
             raise BackendError(
                 f"{self.path}: TensorRT could not enqueue a batch of {rows} (see its log above)"
             )
+        self._call("cudaEventRecord", slot.computed, compute)
+        self._call("cudaStreamWaitEvent", download, slot.computed, 0)
         for tensor in self.plan.outputs:
             self._copy(slot.host_ptr[tensor.name], slot.device_ptr[tensor.name], tensor.nbytes_for(rows),
-                       kinds.cudaMemcpyDeviceToHost)  # fmt: skip
-        self._call("cudaEventRecord", slot.event, self._stream)
+                       kinds.cudaMemcpyDeviceToHost, download)  # fmt: skip
+        self._call("cudaEventRecord", slot.event, download)
 
-    def _copy(self, dst: int, src: int, nbytes: int, kind: Any) -> None:
-        """One asynchronous copy on the backend's stream (pinned host <-> device)."""
-        self._call("cudaMemcpyAsync", dst, src, nbytes, kind, self._stream)
+    def _copy(self, dst: int, src: int, nbytes: int, kind: Any, stream: Any) -> None:
+        """One asynchronous copy (pinned host <-> device) on ``stream``."""
+        self._call("cudaMemcpyAsync", dst, src, nbytes, kind, stream)
 
     def _collect(self, slot: Slot) -> dict[str, np.ndarray]:
         """Wait for the slot's batch; copies of its outputs (the pinned buffers are reused)."""
@@ -183,10 +193,9 @@ class TrtBackend(Backend):
     def _drain(self) -> None:
         """Wait for all work after a failure or an early stop; the error that got us here is
         the one to report, so a failure to wait is not raised over it."""
-        if self._stream is None:
-            return
-        with contextlib.suppress(BackendError):
-            self._call("cudaStreamSynchronize", self._stream)
+        for stream in self._streams.values():
+            with contextlib.suppress(BackendError):
+                self._call("cudaStreamSynchronize", stream)
 
     # -- the Backend protocol ----------------------------------------------------------
 
@@ -231,8 +240,8 @@ class TrtBackend(Backend):
             except BackendError as exc:
                 failures.append(str(exc))
 
-        if self._stream is not None:
-            release("cudaStreamSynchronize", self._stream)
+        for stream in self._streams.values():
+            release("cudaStreamSynchronize", stream)
         self._context = None  # TensorRT objects go context, engine, runtime, logger
         self._engine = None
         self._runtime = None
@@ -243,11 +252,12 @@ class TrtBackend(Backend):
                 release("cudaFreeHost", pointer)
             for pointer in slot.device_ptr.values():
                 release("cudaFree", pointer)
-            if slot.event is not None:
-                release("cudaEventDestroy", slot.event)
+            for event in (slot.uploaded, slot.computed, slot.event):
+                if event is not None:
+                    release("cudaEventDestroy", event)
         self._slots = []
-        if self._stream is not None:
-            release("cudaStreamDestroy", self._stream)
-            self._stream = None
+        for stream in self._streams.values():
+            release("cudaStreamDestroy", stream)
+        self._streams = {}
         if failures:
             raise BackendError(f"{self.path}: closing the TensorRT backend: {'; '.join(failures)}")

@@ -21,6 +21,7 @@ from ..base import BackendError
 from .sidecar import BatchProfile, EngineSidecar
 
 SLOTS = 2
+STREAMS = ("upload", "compute", "download")  # one CUDA stream each, linked by a slot's events
 OUTPUT_DTYPES = {"probs": np.dtype(np.float32), "mask": np.dtype(np.uint8)}
 
 
@@ -162,7 +163,9 @@ class Slot:
     host: dict[str, np.ndarray] = field(default_factory=dict)
     host_ptr: dict[str, int] = field(default_factory=dict)
     device_ptr: dict[str, int] = field(default_factory=dict)
-    event: Any = None
+    uploaded: Any = None  # recorded on the upload stream after the input copy
+    computed: Any = None  # recorded on the compute stream after the engine ran
+    event: Any = None  # "done": recorded on the download stream after the outputs are back
     images: int = 0  # images of the batch in this slot (its outputs are sliced to this)
     rows: int = 0  # rows the engine ran (>= images: the profile minimum)
 

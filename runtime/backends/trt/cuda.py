@@ -44,6 +44,17 @@ def import_cudart() -> Any:
     return cudart
 
 
+def stream_handle(stream: Any) -> int:
+    """A CUDA stream's native handle for TensorRT's ``execute_async_v3``:
+    ``cuda.bindings.utils.get_cuda_native_handle`` (cuda-bindings >= 12.9), else ``int()``
+    (older cuda-python, where int() of a stream is its address)."""
+    try:
+        from cuda.bindings.utils import get_cuda_native_handle
+    except ImportError:
+        return int(stream)
+    return int(get_cuda_native_handle(stream))
+
+
 def cuda_error_code(err: Any) -> int:
     """The integer value of a cudaError_t (an enum member, or a plain int in stand-ins)."""
     return int(getattr(err, "value", err))
