@@ -151,7 +151,11 @@ def fp16_parity(model: Path, reference: Path, backend: str) -> dict[str, Any]:
     if not reference.is_file():
         raise Skip(f"{reference} was not carried (benchmarks/gpu_prepare.py writes it)")
     data = np.load(reference)
-    images, keras_probs = list(data["images"]), data["probs"]
+    images = list(data["images"])
+    if "foreground" in data:  # a binary model's reference carries one channel: background = 1 - it
+        keras_probs = np.stack([1 - data["foreground"], data["foreground"]], axis=-1)
+    else:
+        keras_probs = data["probs"]
     with load(model, backend) as loaded:
         outputs = Segmenter(loaded).segment(images, probs=True)
         precision = loaded.card.precision

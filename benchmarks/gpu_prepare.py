@@ -4,7 +4,7 @@ reaches no package index): into ``.gpu/check/`` (git-ignored) --
 - ``fcn2s.fp32.onnx``, ``fcn2s.fp16.onnx``: the membrane FCN-2s of ../shared/models at
   512x512, exported by fcnx with their parity proven on the membrane images;
 - ``fcn2s.keras``: its best.keras, for the Keras-on-PyTorch baseline;
-- ``reference.npz``: 8 membrane images and Keras's probabilities for them (the FP16 check);
+- ``reference.npz``: 8 membrane images and Keras's foreground probabilities for them (the FP16 check);
 - ``wheels/``: fcnx itself (the package-dir mapping makes a bare checkout unimportable)
   and the small pure-Python wheels Keras needs there (keras, namex, optree for CPython 3.12);
 - with ``--fcn8s``: the FCN-8s exports too (only if the carry, 64 MiB a call, allows).
@@ -59,7 +59,8 @@ def main() -> int:
     model = load_keras_model(run)
     images = [read_image(p, 1) for p in dataset_images(args.data, "membrane images")[:8]]
     probs = keras_segmenter(model, card_for(model, find_card(run))).predict(images, probs=True)
-    np.savez_compressed(out / "reference.npz", images=np.stack(images), probs=np.stack(probs))
+    # two classes: the foreground channel is enough (background = 1 - it) and halves the carry
+    np.savez_compressed(out / "reference.npz", images=np.stack(images), foreground=np.stack(probs)[..., 1])
     pip = [sys.executable, "-m", "pip"]
     subprocess.run([*pip, "wheel", "-q", "--no-deps", "-w", str(out / "wheels"), str(ROOT)], check=True)
     subprocess.run([*pip, "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
