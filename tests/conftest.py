@@ -36,7 +36,10 @@ def _cuda_provider_missing() -> str | None:
 
 def _tensorrt_missing() -> str | None:
     if importlib.util.find_spec("tensorrt") is None:
-        return 'TensorRT is not installed (pip install "fcnx[tensorrt]" on a machine with an NVIDIA GPU)'
+        return (
+            'TensorRT is not installed (pip install "fcnx[gpu,tensorrt]" --extra-index-url https://pypi.nvidia.com '
+            "on an NVIDIA GPU machine)"
+        )
     return _cuda_provider_missing() and "no NVIDIA GPU visible to onnxruntime"
 
 
