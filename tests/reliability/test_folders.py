@@ -29,11 +29,15 @@ def _wait_for(path: Path, timeout: float = 30.0) -> None:
 def test_a_second_run_on_a_folder_in_use_is_refused_and_the_first_finishes(
     second_model: str, tiny_onnx: Path, tmp_path: Path
 ) -> None:
-    inputs = make_images(tmp_path / "in", 400)
+    inputs = make_images(
+        tmp_path / "in", 3000
+    )  # ~3 s of work at batch 1: the second run starts well inside it
     reference = run(predict_command(inputs, tmp_path / "clean"))
     assert reference.returncode == 0
     out = tmp_path / "out"
-    first = start(predict_command(inputs, out))
+    first = start(
+        predict_command(inputs, out, "--batch", "1", "--workers", "1")
+    )  # seconds of work: still running
     _wait_for(out / ".fcnx-predict.owner")
     extra = {"model": tiny_onnx} if second_model == "other" else {}
     second = run(predict_command(inputs, out, **extra))  # type: ignore[arg-type]

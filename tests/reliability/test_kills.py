@@ -12,7 +12,7 @@ import pytest
 
 from .runs import kill_after, make_images, outputs, predict_command, run, start, temp_files
 
-IMAGES = 400  # ~0.5 s of work after ~0.3 s of start-up on 2 cores
+IMAGES = 1000  # ~1.2 s of work after ~0.3 s of start-up on 2 cores: kills at 0.2-0.8 s land mid-run
 
 
 @pytest.fixture(scope="module")
