@@ -16,7 +16,8 @@ OUTPUT_CHOICES = ("both", "probs", "mask")
 
 def add_mask_output(model: onnx.ModelProto, output_kind: str) -> None:
     """Append ``mask`` (uint8 (N, H, W) class ids) computed from ``probs`` inside the
-    graph: ArgMax over classes for softmax, probs > 0.5 for a sigmoid head, cast to uint8
+    graph: ArgMax over classes for softmax, probs > 0.5 for a sigmoid head (ArgMax of
+    [1 - p, p]), cast to uint8
     through float (TensorRT-safe). A deployed model then returns 1 byte per pixel."""
     graph = model.graph
     probs = graph.output[0]
@@ -24,25 +25,29 @@ def add_mask_output(model: onnx.ModelProto, output_kind: str) -> None:
         raise ValueError(f"expected the converted graph's output to be 'probs', got {probs.name!r}")
     dims = probs.type.tensor_type.shape.dim
     shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims[:3]]
+    scores = "probs"
     if output_kind == "sigmoid":
-        half = helper.make_tensor("fcnx_half", TensorProto.FLOAT, [], [0.5])
-        axes = helper.make_tensor("fcnx_class_axis", TensorProto.INT64, [1], [3])
-        graph.initializer.extend([half, axes])
+        # [1 - p, p] and the same ArgMax as softmax: 1 exactly where p > 0.5 (a tie at 0.5 takes
+        # index 0), with shape inference from attributes only (a Squeeze's axes input is not
+        # always seen as a constant by onnx's checker)
+        graph.initializer.append(helper.make_tensor("fcnx_one", TensorProto.FLOAT, [], [1.0]))
         graph.node.extend(
             [
+                helper.make_node("Sub", ["fcnx_one", "probs"], ["fcnx_background"], name="fcnx_background"),
                 helper.make_node(
-                    "Greater", ["probs", "fcnx_half"], ["fcnx_foreground"], name="fcnx_threshold"
-                ),
-                helper.make_node(
-                    "Squeeze", ["fcnx_foreground", "fcnx_class_axis"], ["fcnx_ids"], name="fcnx_squeeze"
+                    "Concat",
+                    ["fcnx_background", "probs"],
+                    ["fcnx_two_classes"],
+                    name="fcnx_two_classes",
+                    axis=3,
                 ),
             ]
         )
-    else:
-        graph.node.append(
-            helper.make_node("ArgMax", ["probs"], ["fcnx_ids"], name="fcnx_argmax", axis=3, keepdims=0)
-        )
-    # ids -> FLOAT -> UINT8, not INT64/BOOL -> UINT8: TensorRT's ONNX parser turns ArgMax into
+        scores = "fcnx_two_classes"
+    graph.node.append(
+        helper.make_node("ArgMax", [scores], ["fcnx_ids"], name="fcnx_argmax", axis=3, keepdims=0)
+    )
+    # ids -> FLOAT -> UINT8, not INT64 -> UINT8: TensorRT's ONNX parser turns ArgMax into
     # TopK + INT64, and NVIDIA's docs disagree on whether an integer -> UINT8 cast is
     # supported (NvInferRuntimeBase.h: UINT8 converts from FLOAT/HALF only); FLOAT -> UINT8
     # is supported in every reading, and class ids are exact in float32.
