@@ -18,6 +18,7 @@ import argparse
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +63,12 @@ def main() -> int:
     # two classes: the foreground channel is enough (background = 1 - it) and halves the carry
     np.savez_compressed(out / "reference.npz", images=np.stack(images), foreground=np.stack(probs)[..., 1])
     pip = [sys.executable, "-m", "pip"]
-    subprocess.run([*pip, "wheel", "-q", "--no-deps", "-w", str(out / "wheels"), str(ROOT)], check=True)
+    with tempfile.TemporaryDirectory() as tmp:  # build from a copy: nothing is left in the checkout
+        source = Path(tmp) / "src"
+        shutil.copytree(
+            ROOT, source, ignore=shutil.ignore_patterns(".*", "build", "dist", "*.egg-info", "__pycache__")
+        )
+        subprocess.run([*pip, "wheel", "-q", "--no-deps", "-w", str(out / "wheels"), str(source)], check=True)
     subprocess.run([*pip, "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
                     "--implementation", "cp", "--platform", "manylinux_2_17_x86_64", "-d", str(out / "wheels"),
                     "keras==3.15.1", "namex", "optree"], check=True)  # fmt: skip
