@@ -30,12 +30,13 @@ TEMPLATE = "report.html.j2"
 MAX_PICTURES = 6
 
 
-def _first(folders: list[Path], name: str) -> Path | None:
-    for folder in folders:
-        found = sorted(folder.rglob(name), key=lambda p: (len(p.parts), str(p)))
-        if found:
-            return found[0]
-    return None
+def _walk(folders: list[Path]) -> list[Path]:
+    """Everything below the folders, walked once: each folder in turn, shallowest first."""
+    return [p for f in folders for p in sorted(f.rglob("*"), key=lambda p: (len(p.parts), str(p)))]
+
+
+def _first(paths: list[Path], name: str) -> Path | None:
+    return next((p for p in paths if p.name == name and p.is_file()), None)
 
 
 def data_uri(data: bytes, kind: str = "image/png") -> str:
@@ -120,8 +121,8 @@ def _pictures(paths: list[Path]) -> list[tuple[str, str]]:
     return [(p.name, data_uri(p.read_bytes(), kinds[p.suffix.lower()])) for p in paths[:MAX_PICTURES]]
 
 
-def _maps(folders: list[Path]) -> list[tuple[str, list[tuple[str, str]]]]:
-    root = next((p for f in folders for p in sorted(f.rglob("parity-maps")) if p.is_dir()), None)
+def _maps(paths: list[Path]) -> list[tuple[str, list[tuple[str, str]]]]:
+    root = next((p for p in paths if p.name == "parity-maps" and p.is_dir()), None)
     if root is None:
         return []
     return [(d.name, _pictures(sorted(d.glob("*.png")))) for d in sorted(root.iterdir()) if d.is_dir()]
@@ -160,12 +161,13 @@ def build_report(folders: list[str | Path], out: str | Path, title: str = "") ->
     missing = [str(r) for r in roots if not r.is_dir()]
     if missing:
         raise ValueError(f"{', '.join(missing)}: no such folder")
-    card_path = _first(roots, "card.json")
+    paths = _walk(roots)
+    card_path = _first(paths, "card.json")
     card = ModelCard.read(card_path) if card_path else None
-    history, evaluation = _first(roots, "history.csv"), _first(roots, "evaluation.json")
-    parity, bench = _first(roots, "parity.json"), _first(roots, "bench.json")
+    history, evaluation = _first(paths, "history.csv"), _first(paths, "evaluation.json")
+    parity, bench = _first(paths, "parity.json"), _first(paths, "bench.json")
     curves, epochs = _curves(history) if history else ("", 0)
-    overlays = sorted(p for r in roots for p in r.rglob("*.overlay.jpg"))
+    overlays = sorted(p for p in paths if p.name.endswith(".overlay.jpg"))
     if not any((card, history, evaluation, parity, bench, overlays)):
         raise ValueError(f"{', '.join(map(str, roots))}: none of the files fcnx writes is in there")
     environment = jinja2.Environment(
@@ -182,7 +184,7 @@ def build_report(folders: list[str | Path], out: str | Path, title: str = "") ->
         epochs=epochs,
         evaluation=json.loads(evaluation.read_text(encoding="utf-8")) if evaluation else None,
         parity=_parity(parity) if parity else [],
-        maps=_maps(roots),
+        maps=_maps(paths),
         overlays=_pictures(overlays),
         bench=_bench(bench) if bench else None,
     )

@@ -115,29 +115,18 @@ def offered_backends(kind: str | None = None) -> list[str]:
     return [s.name for s in specs if unavailable_reason(s, providers) is None]
 
 
-def _factory(spec: BackendSpec) -> Any:
+def create(spec: BackendSpec, path: Path, options: Any = None) -> Backend:
+    """One backend of the table, started on ``path``. A library missing when its module is
+    imported or when the backend starts is the pip line of the backend's extra."""
     module_name, _, attribute = spec.factory.partition(":")
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise MissingExtra(
-            f'the {spec.name} backend needs {exc.name}, which is not installed: pip install "fcnx[{spec.extra}]"'
-        ) from None
-    return getattr(module, attribute)
-
-
-def create(spec: BackendSpec, path: Path, options: Any = None) -> Backend:
-    """One backend of the table, started on ``path``."""
-    try:
-        backend: Backend = _factory(spec)(path, spec.name, options)
-    except MissingExtra:
-        raise
-    except ModuleNotFoundError as exc:
-        raise MissingExtra(
-            f'the {spec.name} backend needs {exc.name}, which is not installed: pip install "fcnx[{spec.extra}]"'
-        ) from None
+        backend: Backend = getattr(importlib.import_module(module_name), attribute)(path, spec.name, options)
     except BackendError:
         raise
+    except ModuleNotFoundError as exc:
+        raise MissingExtra(
+            f'the {spec.name} backend needs {exc.name}, which is not installed: pip install "fcnx[{spec.extra}]"'
+        ) from None
     except ValueError as exc:  # the model file's own problem, already naming it
         raise BackendError(str(exc)) from None
     return backend

@@ -23,7 +23,7 @@ from ..backends.registry import load, model_kind
 from ..card import library_versions
 from .config import PredictConfig
 from .failures import FailureLog
-from .inputs import InputFile, Task, check_outputs, collect_inputs
+from .inputs import Task, check_outputs, collect_inputs
 from .local import run_local
 from .lock import OutputLock
 from .manifest import Manifest, claim_folder, fingerprint, record_outputs, remove_stale_temp_files
@@ -62,20 +62,12 @@ class Progress:
             self.bar.close()
 
 
-def plan_tasks(
-    items: list[InputFile],
-    out: Path,
-    config: PredictConfig,
-    resume: bool,
-    counts: Counts,
-    failures: FailureLog,
-) -> list[Task]:
+def plan_tasks(planned: list[Task], resume: bool, counts: Counts, failures: FailureLog) -> list[Task]:
     """What to do, decided before the first image is read: name collisions are
     failures, inputs whose outputs all exist (resume) are skipped."""
     claimed: dict[str, str] = {}  # output path -> the input that got it
     tasks = []
-    for item in items:
-        paths = output_paths(out, item.relative, config.format, config.overlay)
+    for item, paths in planned:
         first = str(paths[0])
         if first in claimed:
             counts.failed += 1
@@ -108,10 +100,10 @@ def predict_folder(config: PredictConfig, backend: Backend | None = None) -> dic
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     inputs = collect_inputs(config.inputs)
     out = Path(config.out)
-    every_output = [
-        p for item in inputs.files for p in output_paths(out, item.relative, config.format, config.overlay)
+    planned = [
+        (item, output_paths(out, item.relative, config.format, config.overlay)) for item in inputs.files
     ]
-    check_outputs(out, inputs, every_output)  # before anything is written, OUT included
+    check_outputs(out, inputs, [p for _, paths in planned for p in paths])  # before anything is written
     own_backend = backend is None
     backend = backend or _driver_backend(config)
     try:
@@ -124,7 +116,7 @@ def predict_folder(config: PredictConfig, backend: Backend | None = None) -> dic
             resume, replaced = claim_folder(out, manifest, config.overwrite)
             counts = Counts(total=len(inputs.files))
             failures = FailureLog(out)
-            tasks = plan_tasks(inputs.files, out, config, resume, counts, failures)
+            tasks = plan_tasks(planned, resume, counts, failures)
             record_outputs(out, [p for _, paths in tasks for p in paths])  # before any is written
             progress = Progress(len(tasks), config.progress)  # the bar's rate counts real work only
 
