@@ -7,13 +7,23 @@ wrong, so a caller can record it and move on to the next file.
 from __future__ import annotations
 
 import io
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
 
-MAX_PIXELS = 200_000_000  # decompression-bomb guard: checked on the header, then on the decoded size
+# Decompression-bomb guard (``fcnx predict --max-pixels``): checked on the header before
+# decoding, then on the decoded size. 2^32 px (65536²) by default: what memory, not the
+# guard, should refuse (the predict job estimates what an image needs before it decodes).
+MAX_PIXELS = 1 << 32
+# OpenCV refuses images over 2^30 px unless this is set before cv2 is imported; the fcnx
+# CLI sets it (fcnx never changes a library user's environment).
+OPENCV_PIXELS_ENV = "OPENCV_IO_MAX_IMAGE_PIXELS"
+OPENCV_DEFAULT_PIXELS = 1 << 30
 HEADER_BYTES = 1 << 16  # enough for PNG/TIFF/BMP headers and JPEG markers up to the frame header
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -27,8 +37,24 @@ class ImageError(ValueError):
         self.reason = reason
 
 
-def _pillow_size(head: bytes) -> tuple[int, int] | None:
-    """(width, height) from the header by Pillow's format plugins, constructed directly:
+@dataclass(frozen=True)
+class Header:
+    """What a file's header says, before any pixel is decoded."""
+
+    width: int
+    height: int
+    bytes_per_pixel: int  # of the decoded array: bands x bytes per sample
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+Admit = Callable[[Header], None]  # raises ImageError to refuse a file before it is decoded
+
+
+def _pillow_header(head: bytes) -> Header | None:
+    """Size and pixel layout from the header by Pillow's format plugins, constructed directly:
     their header parsing without ``Image.open``'s process-wide ``MAX_IMAGE_PIXELS`` check
     (fcnx applies its own limit and never changes Pillow's for the host process)."""
     Image.init()
@@ -40,33 +66,72 @@ def _pillow_size(head: bytes) -> tuple[int, int] | None:
             if isinstance(accepted, str) or not accepted:
                 continue
             with factory(io.BytesIO(head), "") as im:
-                return int(im.size[0]), int(im.size[1])
+                bands = len(im.getbands())
+                depth = 2 if "16" in im.mode else 4 if im.mode in ("I", "F") else 1
+                return Header(int(im.size[0]), int(im.size[1]), bands * depth)
         except Exception:  # this plugin cannot parse it (from this prefix): the next one may
             continue
     return None
 
 
-def _header_size(data: np.ndarray) -> tuple[int, int] | None:
-    """(width, height) from the file header without decoding pixels; None when Pillow does
-    not know the format (OpenCV may still)."""
+def _header(data: np.ndarray) -> Header | None:
+    """The file header, without decoding pixels; None when Pillow does not know the
+    format (OpenCV may still)."""
     for head in (data[:HEADER_BYTES], data) if data.size > HEADER_BYTES else (data,):
-        size = _pillow_size(head.tobytes())
-        if size is not None:
-            return size
+        header = _pillow_header(head.tobytes())
+        if header is not None:
+            return header
     return None
 
 
-def _decode(path: Path, flags: int) -> np.ndarray:
+def read_header(path: str | Path) -> Header | None:
+    """The header of an image file from its first bytes (None: unknown, or unreadable, in
+    which case reading the image says why)."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(HEADER_BYTES)
+    except OSError:
+        return None
+    return _pillow_header(head) if head else None
+
+
+def opencv_pixel_limit() -> int:
+    """The largest image OpenCV decodes in this process (its environment variable, else 2^30)."""
+    try:
+        return int(os.environ.get(OPENCV_PIXELS_ENV, OPENCV_DEFAULT_PIXELS))
+    except ValueError:
+        return OPENCV_DEFAULT_PIXELS
+
+
+def _admit(admit: Admit, header: Header, path: Path) -> None:
+    try:
+        admit(header)
+    except MemoryError as exc:
+        raise ImageError(path, f"not enough memory: {exc}") from None
+
+
+def _decode(path: Path, flags: int, max_pixels: int = MAX_PIXELS, admit: Admit | None = None) -> np.ndarray:
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
         raise ImageError(path, f"cannot read file ({exc.strerror or exc})") from None
     if data.size == 0:
         raise ImageError(path, "empty file (0 bytes)")
-    header = _header_size(data)
-    if header is not None and header[0] * header[1] > MAX_PIXELS:
-        # checked before decoding: a decompression bomb is a few KB that decode to gigabytes
-        raise ImageError(path, f"{header[0]}x{header[1]} pixels is over the limit of {MAX_PIXELS}")
+    header = _header(data)
+    if (
+        header is not None
+    ):  # checked before decoding: a decompression bomb is a few KB that decode to gigabytes
+        size = f"{header.width}x{header.height} pixels"
+        if header.pixels > max_pixels:
+            raise ImageError(path, f"{size} is over the limit of {max_pixels} (--max-pixels)")
+        if header.pixels > opencv_pixel_limit():
+            raise ImageError(
+                path,
+                f"{size} is over OpenCV's limit of {opencv_pixel_limit()}: set {OPENCV_PIXELS_ENV} before "
+                "importing cv2 or fcnx (the fcnx command does)",
+            )
+        if admit is not None:
+            _admit(admit, header, path)
     try:
         image = cv2.imdecode(data, flags)
     except cv2.error as exc:  # e.g. a header whose size OpenCV's own checks refuse
@@ -74,8 +139,13 @@ def _decode(path: Path, flags: int) -> np.ndarray:
         raise ImageError(path, f"not a decodable image (OpenCV: {detail[:160]})") from None
     if image is None:
         raise ImageError(path, "not a decodable image (truncated, corrupt or not an image)")
-    if image.shape[0] * image.shape[1] > MAX_PIXELS:
-        raise ImageError(path, f"{image.shape[1]}x{image.shape[0]} pixels is over the limit of {MAX_PIXELS}")
+    if image.shape[0] * image.shape[1] > max_pixels:
+        raise ImageError(
+            path, f"{image.shape[1]}x{image.shape[0]} pixels is over the limit of {max_pixels} (--max-pixels)"
+        )
+    if header is None and admit is not None:  # a format only OpenCV knows: checked once decoded
+        bands = image.shape[2] if image.ndim == 3 else 1
+        _admit(admit, Header(image.shape[1], image.shape[0], image.itemsize * bands), path)
     return image
 
 
@@ -104,11 +174,14 @@ def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
     raise ValueError(f"cannot convert {have} channels to {channels}")
 
 
-def read_image(path: str | Path, channels: int) -> np.ndarray:
+def read_image(
+    path: str | Path, channels: int, max_pixels: int = MAX_PIXELS, admit: Admit | None = None
+) -> np.ndarray:
     """An image file as uint8 (H, W, channels), RGB order, EXIF orientation applied,
-    16-bit scaled to 8, alpha dropped."""
+    16-bit scaled to 8, alpha dropped. Refused before decoding: over ``max_pixels``, or
+    when ``admit(header)`` raises."""
     path = Path(path)
-    image = _decode(path, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    image = _decode(path, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR, max_pixels, admit)
     image = to_uint8(image, path)
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

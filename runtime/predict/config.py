@@ -7,8 +7,11 @@ from dataclasses import dataclass
 from ..backends.ort import OrtOptions
 from ..backends.registry import CHOICES
 from ..flags import opt
-from .outputs import FORMATS
-from .segmenter import FITS
+from ..images import MAX_PIXELS
+from .outputs import FORMATS, PROBS_FORMATS
+from .segmenter import FITS, TTAS
+
+READ_AHEAD_MIB = 1024
 
 
 @dataclass(frozen=True)
@@ -24,7 +27,36 @@ class PredictConfig:
     format: str = opt("png", "mask file format: palette PNG of class ids, or .npy", choices=FORMATS)
     overlay: bool = opt(False, "also write IMAGE.overlay.jpg: the image tinted by class")
     overwrite: bool = opt(False, "redo every output, also those of another model in OUT")
-    fit: str = opt("auto", "fitting images to a fixed-size model: resize, or pad (letterbox)", choices=FITS)
+    tile: str = opt(
+        "auto",
+        "tiles (sliding window) for images larger than the model's input, HxW (default: the model's input "
+        "size, 512x512 for a dynamic model), or off to run images whole. Probabilities are blended with a "
+        "window that falls off towards tile edges; a mask-only export cannot blend: each pixel comes from "
+        "the tile where it is farthest from an edge",
+        metavar="HxW|off",
+    )
+    overlap: int | None = opt(
+        None, "pixels by which neighbouring tiles overlap (default: a quarter of the tile side)", metavar="PX"
+    )
+    fit: str = opt(
+        "auto",
+        "fit whole images to a fixed-size model instead of tiling: resize, or pad (letterbox)",
+        choices=FITS,
+    )
+    tta: str = opt(
+        "off",
+        "test-time augmentation: flip averages the image's and its 3 flips' probabilities",
+        choices=TTAS,
+    )
+    save_probs: str | None = opt(
+        None,
+        "also write the probabilities: IMAGE.probs.npy (float16 H x W x K), or a uint8 PNG per class",
+        choices=PROBS_FORMATS,
+    )
+    max_pixels: int = opt(MAX_PIXELS, "refuse images with more pixels than this (read from the header)")
+    read_ahead: int = opt(
+        READ_AHEAD_MIB, "MiB of decoded images read ahead of inference (at least one image)", metavar="MIB"
+    )
     progress: bool = opt(True, "progress bar on the terminal")
     threads: int | None = opt(None, "onnxruntime CPU threads (default: the usable cores)")
     cuda_graph: bool = opt(False, "ort-cuda: replay a captured CUDA graph (fixed-batch exports only)")
@@ -53,6 +85,10 @@ class PredictConfig:
             raise ValueError(f"--workers must be at least 1, got {self.workers}")
         if self.batch is not None and self.batch < 1:
             raise ValueError(f"--batch must be at least 1, got {self.batch}")
+        if self.max_pixels < 1 or self.read_ahead < 1:
+            raise ValueError("--max-pixels and --read-ahead must be at least 1")
+        if self.save_probs and self.ray:
+            raise ValueError("--save-probs is not available with --ray yet; run without --ray")
         if self.threads is not None and self.threads < 1:
             raise ValueError(
                 f"--threads must be at least 1 (or left out for the usable cores), got {self.threads}"

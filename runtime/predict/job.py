@@ -91,6 +91,17 @@ def _driver_backend(config: PredictConfig) -> Backend:
     return load(config.model, backend, config.ort_options(threads=1))
 
 
+def segmenter_for(backend: Backend, config: PredictConfig) -> Segmenter:
+    """The Segmenter a predict job runs, from its flags (the Ray actors build the same)."""
+    segmenter = Segmenter(backend, config.batch, config.fit, config.tile, config.overlap, config.tta)
+    if config.save_probs and not segmenter.has_probs:
+        raise ValueError(
+            f"--save-probs: {config.model} has no probabilities output (exported with --output mask); "
+            "re-export with --output both"
+        )
+    return segmenter
+
+
 def predict_folder(config: PredictConfig, backend: Backend | None = None) -> dict[str, Any]:
     """Run the whole job; returns the summary (also written to OUT/summary.json).
     ``backend``: an already loaded model to run on (local runs only)."""
@@ -100,19 +111,24 @@ def predict_folder(config: PredictConfig, backend: Backend | None = None) -> dic
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     inputs = collect_inputs(config.inputs)
     out = Path(config.out)
-    planned = [
-        (item, output_paths(out, item.relative, config.format, config.overlay)) for item in inputs.files
-    ]
-    check_outputs(out, inputs, [p for _, paths in planned for p in paths])  # before anything is written
     own_backend = backend is None
     backend = backend or _driver_backend(config)
     try:
-        segmenter = Segmenter(backend, config.batch, config.fit)
+        segmenter = segmenter_for(backend, config)
+        classes = segmenter.card_classes
+        planned = [
+            (
+                item,
+                output_paths(out, item.relative, config.format, config.overlay, config.save_probs, classes),
+            )
+            for item in inputs.files
+        ]
+        check_outputs(out, inputs, [p for _, paths in planned for p in paths])  # before anything is written
         if config.ray:
             backend.close()
         with OutputLock(out) as lock:
             stale = remove_stale_temp_files(out)  # safe: holding the lock, no live run owns one
-            manifest = Manifest(str(config.model), fingerprint(config.model), segmenter.fit)
+            manifest = Manifest(str(config.model), fingerprint(config.model), segmenter.describe())
             resume, replaced = claim_folder(out, manifest, config.overwrite)
             counts = Counts(total=len(inputs.files))
             failures = FailureLog(out)
@@ -134,6 +150,9 @@ def predict_folder(config: PredictConfig, backend: Backend | None = None) -> dic
                 "backend_notes": list(backend.notes),
                 "batch": segmenter.batch_size,
                 "fit": segmenter.fit,
+                "tile": list(segmenter.tile) if segmenter.tile else None,
+                "overlap": segmenter.overlap,
+                "tta": segmenter.tta,
             }
             run_started = time.perf_counter()
             interrupted = False

@@ -25,17 +25,26 @@ from ..atomic import atomic_write_bytes
 from ..card import default_palette
 
 FORMATS = ("png", "npy")
+PROBS_FORMATS = ("npy", "png")  # --save-probs: float16 (H, W, K) .npy, or one uint8 PNG per class
 OVERLAY_SUFFIX = ".overlay.jpg"
+PROBS_TAG = ".probs"
 OVERLAY_ALPHA = 0.45
 PNG_COMPRESSION = 3  # zlib level: ~as small as the default 6 for masks, ~2x faster
 
 
-def output_paths(out: Path, relative: str, format: str, overlay: bool) -> list[Path]:
-    """The files one input gets: the mask, then the overlay if asked for."""
+def output_paths(
+    out: Path, relative: str, format: str, overlay: bool, probs: str | None = None, classes: int = 0
+) -> list[Path]:
+    """The files one input gets: the mask, then the overlay if asked for, then the
+    probabilities (``IMAGE.probs.npy``, or ``IMAGE.probs-K.png`` for each of ``classes``)."""
     rel = PurePosixPath(relative)
     paths = [out / rel.with_suffix("." + format)]
     if overlay:
         paths.append(out / rel.with_name(rel.stem + OVERLAY_SUFFIX))
+    if probs == "npy":
+        paths.append(out / rel.with_name(rel.stem + PROBS_TAG + ".npy"))
+    elif probs == "png":
+        paths += [out / rel.with_name(f"{rel.stem}{PROBS_TAG}-{k}.png") for k in range(classes)]
     return paths
 
 
@@ -49,7 +58,7 @@ def encode_mask_png(mask: np.ndarray, palette: tuple[tuple[int, int, int], ...])
     return buffer.getvalue()
 
 
-def encode_mask_npy(mask: np.ndarray) -> bytes:
+def encode_mask_npy(mask: np.ndarray) -> bytes:  # any array: masks and probabilities
     buffer = io.BytesIO()
     np.save(buffer, mask, allow_pickle=False)
     return buffer.getvalue()
@@ -88,13 +97,27 @@ def write_outputs(
     palette: tuple[tuple[int, int, int], ...],
     image: np.ndarray | None = None,
     run_id: str = "",
+    probs: np.ndarray | None = None,
 ) -> None:
-    """Encode and atomically write the mask (format from the path) and, when a second
-    path is given, the overlay of ``image``; the temp files carry ``run_id``."""
-    mask_path = paths[0]
+    """Encode and atomically write the files of ``output_paths``: the mask (format from the
+    path), the overlay of ``image``, the probabilities; the temp files carry ``run_id``."""
+    mask_path, *others = paths
     data = encode_mask_npy(mask) if mask_path.suffix == ".npy" else encode_mask_png(mask, palette)
     atomic_write_bytes(mask_path, data, tag=run_id)
-    if len(paths) > 1:
-        if image is None:
-            raise ValueError("an overlay needs the image")
-        atomic_write_bytes(paths[1], encode_overlay_jpg(image, mask, palette), tag=run_id)
+    for path in others:
+        if path.name.endswith(OVERLAY_SUFFIX):
+            if image is None:
+                raise ValueError("an overlay needs the image")
+            atomic_write_bytes(path, encode_overlay_jpg(image, mask, palette), tag=run_id)
+            continue
+        if probs is None:
+            raise ValueError("saving probabilities needs them")
+        if path.suffix == ".npy":
+            atomic_write_bytes(path, encode_mask_npy(probs.astype(np.float16, copy=False)), tag=run_id)
+        else:  # IMAGE.probs-K.png: class K's probability as 0..255
+            k = int(path.stem.rsplit("-", 1)[1])
+            plane = np.clip(np.rint(probs[..., k].astype(np.float32) * 255), 0, 255).astype(np.uint8)
+            ok, encoded = cv2.imencode(".png", plane, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
+            if not ok:
+                raise ValueError("OpenCV could not encode a probability PNG")
+            atomic_write_bytes(path, encoded.tobytes(), tag=run_id)

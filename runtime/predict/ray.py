@@ -18,7 +18,7 @@ The stages are public, for your own Ray pipelines::
     from fcnx.runtime import SegmentationPredictor, read_images
 
     ds = ray.data.from_items([{"path": p} for p in paths])
-    ds = ds.map_batches(read_images, fn_kwargs={"channels": 1}, batch_size=8)
+    ds = ds.map_batches(read_images, fn_kwargs={"channels": 1}, batch_size=8)  # tiled like fcnx predict
     ds = ds.map_batches(
         SegmentationPredictor,
         fn_constructor_kwargs={"model": "model.onnx"},
@@ -42,12 +42,12 @@ import numpy as np
 from ..backends.base import MissingExtra
 from ..backends.ort import OrtOptions, usable_cores
 from ..backends.registry import load
-from ..images import read_image
+from ..images import MAX_PIXELS, read_image
 from .config import PredictConfig
 from .failures import Report, describe_error
 from .inputs import Task
 from .outputs import output_paths, write_outputs
-from .segmenter import Prepared, Segmenter
+from .segmenter import Plan, Segmenter
 
 __all__ = ["SegmentationPredictor", "read_images", "run_on_ray", "write_masks"]
 
@@ -66,14 +66,16 @@ def _column(batch: dict[str, np.ndarray], name: str, default: str = "") -> list[
     return [str(v) for v in batch[name]] if name in batch else [default] * n
 
 
-def read_images(batch: dict[str, np.ndarray], channels: int) -> dict[str, np.ndarray]:
+def read_images(
+    batch: dict[str, np.ndarray], channels: int, max_pixels: int = MAX_PIXELS
+) -> dict[str, np.ndarray]:
     """Ray Data stage: ``path`` -> ``image`` (uint8 (H, W, C), C = ``channels``, EXIF
     orientation applied, bomb-guarded), ``error`` ("" or why the file is unreadable)
     and ``stage``. A bad file gets an empty image and its reason; the batch goes on."""
     images, errors = [], []
     for path in _column(batch, "path"):
         try:
-            images.append(read_image(path, channels))
+            images.append(read_image(path, channels, max_pixels))
             errors.append("")
         except Exception as exc:  # one bad file never stops the run
             images.append(np.zeros((0, 0, channels), np.uint8))
@@ -105,10 +107,13 @@ class SegmentationPredictor:
         threads: int | None = None,
         keep_image: bool = False,
         ort_options: OrtOptions | None = None,
+        tile: str = "auto",
+        overlap: int | None = None,
+        tta: str = "off",
     ) -> None:
         options = ort_options or OrtOptions(threads=threads)
         self.backend = load(model, backend, options)
-        self.segmenter = Segmenter(self.backend, batch, fit)
+        self.segmenter = Segmenter(self.backend, batch, fit, tile, overlap, tta)
         self.keep_image = keep_image
         self.label = f"{self.backend.name} ({self.backend.provider})"
 
@@ -118,16 +123,19 @@ class SegmentationPredictor:
         stages = _column(batch, "stage", "read")
         masks: list[np.ndarray] = [np.zeros((0, 0), np.uint8)] * len(images)
         paths = _column(batch, "path", "<array>")
-        prepared: list[tuple[int, Prepared]] = []
+        plans: list[tuple[int, Plan]] = []
         for i, image in enumerate(images):
             if errors[i]:
                 continue
             try:
-                prepared.append((i, self.segmenter.prepare(np.asarray(image), paths[i])))
+                plans.append((i, self.segmenter.plan(np.asarray(image), paths[i])))
             except Exception as exc:
                 errors[i], stages[i] = describe_error(exc), "read"
-        for i, p, outputs in self.segmenter.stream(self.segmenter.by_shape(prepared)):
-            masks[i] = self.segmenter.restore(p, outputs).mask
+        for i, _, result in self.segmenter.stream(self.segmenter.by_shape(plans)):
+            if isinstance(result, Exception):
+                errors[i], stages[i] = describe_error(result), "infer"
+            else:
+                masks[i] = result.mask
         out = {k: v for k, v in batch.items() if k != "image" or self.keep_image}
         out.update(
             mask=_objects(masks),
@@ -295,7 +303,10 @@ def _dataset(
     channels, palette = segmenter.card.input_channels, segmenter.card.palette
     dataset = ray.data.from_items(rows)
     dataset = dataset.map_batches(
-        read_images, fn_kwargs={"channels": channels}, batch_size=batch, num_cpus=READ_WRITE_CPUS
+        read_images,
+        fn_kwargs={"channels": channels, "max_pixels": config.max_pixels},
+        batch_size=batch,
+        num_cpus=READ_WRITE_CPUS,
     )
     options = config.ort_options(threads=config.threads or max(1, int(cpus)))
     dataset = dataset.map_batches(
@@ -304,7 +315,10 @@ def _dataset(
             "model": str(Path(config.model).resolve()),
             "backend": config.backend,
             "batch": segmenter.batch_size,
-            "fit": segmenter.fit,
+            "fit": config.fit,
+            "tile": config.tile,
+            "overlap": config.overlap,
+            "tta": config.tta,
             "keep_image": config.overlay,
             "ort_options": options,
         },

@@ -27,8 +27,8 @@ def claims(width: int, height: int) -> bytes:
 
 
 def bomb() -> bytes:
-    """A few bytes whose header claims 20000 x 20000 pixels."""
-    return claims(20000, 20000)
+    """A few bytes whose header claims 70000 x 70000 pixels (over the default --max-pixels)."""
+    return claims(70000, 70000)
 
 
 def exif_rotated_jpeg(array: np.ndarray) -> bytes:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fcnx.runtime.images import MAX_PIXELS, ImageError, pad_to_multiple, read_image
+from fcnx.runtime.images import MAX_PIXELS, Header, ImageError, pad_to_multiple, read_header, read_image
 
 from .image_files import claims
 
@@ -23,14 +23,40 @@ def test_importing_fcnx_leaves_pillows_bomb_guard_alone() -> None:
     assert before == after != "None"
 
 
-def test_a_header_over_fcnxs_limit_is_refused_before_decoding(tmp_path: Path) -> None:
-    # 14200 x 14200 = 201.6 Mpx: over fcnx's 200 Mpx, and over Pillow's own error threshold
-    # (2 x MAX_IMAGE_PIXELS = 179 Mpx), which fcnx's header read must not trip over.
-    assert 14200 * 14200 > MAX_PIXELS > 2 * (Image.MAX_IMAGE_PIXELS or 0)
+def test_a_header_over_the_max_pixels_is_refused_before_decoding(tmp_path: Path) -> None:
+    # 14200 x 14200 = 201.6 Mpx: over a 200 Mpx --max-pixels, and over Pillow's own error
+    # threshold (2 x MAX_IMAGE_PIXELS = 179 Mpx), which fcnx's header read must not trip over.
+    assert 14200 * 14200 > 200_000_000 > 2 * (Image.MAX_IMAGE_PIXELS or 0)
     path = tmp_path / "huge.png"
     path.write_bytes(claims(14200, 14200))
     with pytest.raises(ImageError, match=r"huge\.png: 14200x14200 pixels is over the limit of 200000000"):
+        read_image(path, 1, max_pixels=200_000_000)
+
+
+def test_the_default_limit_is_opencvs_unless_raised_before_import(tmp_path: Path) -> None:
+    # 40000 x 30000 = 1.2 Gpx: under fcnx's default 2^32, over OpenCV's default 2^30
+    assert 2**30 < 40000 * 30000 < MAX_PIXELS
+    path = tmp_path / "big.png"
+    path.write_bytes(claims(40000, 30000))
+    with pytest.raises(
+        ImageError, match=r"big\.png: 40000x30000 pixels is over OpenCV's limit of 1073741824"
+    ):
         read_image(path, 1)
+
+
+def test_a_refusal_by_admit_comes_before_decoding(tmp_path: Path) -> None:
+    path = tmp_path / "large.png"
+    path.write_bytes(claims(19000, 10000))
+    seen = []
+
+    def admit(header: Header) -> None:
+        seen.append((header.width, header.height, header.bytes_per_pixel))
+        raise ImageError(path, "would not fit")
+
+    with pytest.raises(ImageError, match="would not fit"):
+        read_image(path, 1, admit=admit)
+    assert seen == [(19000, 10000, 1)]
+    assert read_header(path) == Header(19000, 10000, 1)
 
 
 def test_a_header_under_the_limit_goes_on_to_decoding(tmp_path: Path) -> None:

@@ -80,7 +80,8 @@ def test_same_shapes_share_batches_and_a_fixed_batch_is_padded() -> None:
 def test_a_fixed_size_model_gets_resized_or_letterboxed_images() -> None:
     image = np.zeros((40, 128), np.uint8)
     image[:, 64:] = 255  # right half foreground
-    resize = Segmenter(FakeBackend(input_hw=(64, 64)))
+    assert Segmenter(FakeBackend(input_hw=(64, 64))).fit == "tile"  # the default: tiles at full resolution
+    resize = Segmenter(FakeBackend(input_hw=(64, 64)), fit="resize")
     assert resize.fit == "resize"
     prepared = resize.prepare(image)
     assert prepared.image.shape == (64, 64, 1) and prepared.valid == (64, 64)
@@ -95,7 +96,7 @@ def test_a_fixed_size_model_gets_resized_or_letterboxed_images() -> None:
 def test_a_dynamic_model_runs_each_image_at_its_own_resolution() -> None:
     fake = FakeBackend()
     segmenter = Segmenter(fake)
-    assert segmenter.fit == "pad" and segmenter.input_hw is None
+    assert segmenter.fit == "tile" and segmenter.input_hw is None  # smaller than a tile: whole
     image = cv2.resize(
         np.arange(256, dtype=np.uint8).reshape(16, 16), (90, 45), interpolation=cv2.INTER_NEAREST
     )

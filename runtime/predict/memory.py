@@ -1,0 +1,80 @@
+"""What one image costs in memory on its way through ``fcnx predict``, and what there is.
+
+An out-of-memory kill is not an exception a run can catch, so an image whose input,
+tiles, blend band and outputs would not fit is refused before it is decoded, from its
+header, with the estimate in the reason. The estimate is deliberately simple (every
+large buffer the pipeline holds for the image, counted once, plus the tiles in flight)
+and ``benchmarks/large_images.py`` reports it beside the measured peak.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from ..images import Header
+from .segmenter import Segmenter
+
+GIB = 1 << 30
+# Whole-image (untiled) inference holds the model's activations at the image's full size:
+# measured for the default slim FCN, 4.65 GB peak RSS for one 4096² image (~280 B per pixel).
+WHOLE_IMAGE_BYTES_PER_PIXEL = 280
+IN_FLIGHT_BATCHES = 3  # being filled, in the backend, being handed back
+
+
+def image_bytes(segmenter: Segmenter, header: Header, probs_bytes: int = 0, overlay: bool = False) -> int:
+    """Bytes one image of this header needs: its decoded and model-channel copies, the
+    mask, kept probabilities (``probs_bytes`` per value), the overlay, and either its
+    tiles and blend band or, whole, the model's activations at its size."""
+    h, w = header.height, header.width
+    pixels = h * w
+    channels = segmenter.card.input_channels
+    classes = segmenter.card_classes
+    total = pixels * header.bytes_per_pixel + pixels * channels + pixels  # decoded, converted, mask
+    total += pixels * classes * probs_bytes + (pixels * 3 * 3 if overlay else 0)
+    if segmenter.tiled((h, w)):
+        assert segmenter.tile is not None
+        th, tw = segmenter.tile
+        padded_w = -(-w // tw) * tw + tw
+        total += 3 * th * padded_w * (classes + 1) * 4  # accumulator, weights, the finished band
+        tile = th * tw * (channels + 4 * classes + 1)
+        total += IN_FLIGHT_BATCHES * segmenter.batch_size * len(segmenter.passes) * tile
+    else:
+        total += pixels * (WHOLE_IMAGE_BYTES_PER_PIXEL + 4 * classes * len(segmenter.passes))
+    return total
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def available_bytes() -> int | None:
+    """Memory this process can still take: the kernel's MemAvailable, or less when a
+    cgroup (a container's limit) allows less. None where neither can be read."""
+    found: list[int] = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit, usage in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # cgroup v2
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),  # v1
+    ):
+        cap, used = _read_int(Path(limit)), _read_int(Path(usage))
+        if cap is not None and used is not None and cap < 1 << 60:
+            found.append(max(0, cap - used))
+    if not found and hasattr(os, "sysconf"):
+        with contextlib.suppress(ValueError, OSError):
+            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    return min(found) if found else None
+
+
+def describe(n: int) -> str:
+    return f"{n / GIB:.2f} GiB" if n >= GIB // 10 else f"{n / (1 << 20):.0f} MiB"

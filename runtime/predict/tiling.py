@@ -1,0 +1,219 @@
+"""Sliding-window inference: an image of any size as tiles of the model's input size.
+
+``TileGrid`` places tiles of one shape over an image with a given overlap. Tile origins
+are multiples of the model's stride, and the image is (virtually) mirror-padded at its
+bottom and right to a stride multiple, exactly as a whole-image run pads it, so every
+tile sees the pooling grid whole-image inference sees. Tiles that reach past the image
+are filled by mirror indexing: the padded image never exists in memory.
+
+``Blender`` assembles tile outputs into one image's result in row bands:
+
+- probabilities are blended with a weight window that is 1 in a tile's centre and
+  falls off linearly over the overlap towards its edges (the approach of MONAI's
+  ``sliding_window_inference`` and nnU-Net's predictor, which weight with a Gaussian),
+  then normalised by the summed weights and argmax'ed. A blended pixel's probabilities
+  are a weighted mean of distributions, so they still sum to 1.
+- a mask-only model (argmax in the graph) cannot be blended: each output pixel is
+  taken from the tile where it lies farthest from a tile edge (the overlaps are split
+  at their middle), which is "stitching the tile centres".
+
+Tiles arrive in row-major order; as soon as a row of tiles is complete, the rows of
+pixels no later tile touches are finished (normalised, argmax'ed, written into the
+output) and their accumulator rows reused. The blend memory is one band of about a
+tile's height across the image, not the image's area times the classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+TTA_FLIPS: dict[str, tuple[tuple[bool, bool], ...]] = {  # (flip rows, flip columns) per pass
+    "off": ((False, False),),
+    "flip": ((False, False), (False, True), (True, False), (True, True)),
+}
+
+
+def parse_tile(text: str) -> tuple[int, int] | str:
+    """``--tile``: "auto", "off", or HxW (e.g. 512x512, or 512 for a square)."""
+    value = text.strip().lower()
+    if value in ("auto", "off"):
+        return value
+    parts = value.split("x")
+    try:
+        h, w = (int(parts[0]), int(parts[0])) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+    except ValueError:
+        raise ValueError(f"--tile must be auto, off or HxW (e.g. 512x512), got {text!r}") from None
+    if len(parts) > 2 or h < 1 or w < 1:
+        raise ValueError(f"--tile must be auto, off or HxW (e.g. 512x512), got {text!r}")
+    return h, w
+
+
+def default_overlap(tile: tuple[int, int], multiple: int) -> int:
+    """The overlap when none is given: a quarter of the shorter tile side, to the stride
+    (128 px for 512² tiles; benchmarks/large_images.py measures the choice)."""
+    return max(0, min(tile) // 4 // multiple * multiple)
+
+
+def starts(length: int, tile: int, overlap: int, multiple: int) -> list[int]:
+    """Tile origins along one axis of ``length`` pixels (padded to ``multiple`` first):
+    steps of ``tile - overlap`` (down to the stride), the last tile flush with the end."""
+    padded = max(tile, -(-length // multiple) * multiple)
+    step = max(multiple, (tile - overlap) // multiple * multiple)
+    origins = list(range(0, padded - tile, step))
+    origins.append(padded - tile)
+    return origins
+
+
+def mirror_indices(start: int, size: int, length: int) -> np.ndarray:
+    """Indices ``start .. start+size`` into an axis of ``length``, mirrored past its end the
+    way ``np.pad(mode="symmetric")`` (``images.mirror_pad``) extends it."""
+    index = np.arange(start, start + size) % (2 * length)
+    return np.where(index < length, index, 2 * length - 1 - index)
+
+
+def ramp(tile: int, overlap: int) -> np.ndarray:
+    """1-D weights: 1 inside, falling linearly to ~0 over ``overlap`` pixels at both ends."""
+    if overlap <= 0:
+        return np.ones(tile, np.float32)
+    i = np.arange(tile, dtype=np.float32)
+    return np.minimum(1.0, np.minimum(i + 0.5, tile - i - 0.5) / overlap).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Where the tiles of one image go."""
+
+    size: tuple[int, int]  # the image's (H, W)
+    tile: tuple[int, int]
+    overlap: int
+    rows: tuple[int, ...]  # tile origins, top to bottom
+    cols: tuple[int, ...]  # tile origins, left to right
+
+    @classmethod
+    def over(cls, size: tuple[int, int], tile: tuple[int, int], overlap: int, multiple: int) -> TileGrid:
+        rows = starts(size[0], tile[0], overlap, multiple)
+        cols = starts(size[1], tile[1], overlap, multiple)
+        return cls(size, tile, overlap, tuple(rows), tuple(cols))
+
+    @property
+    def count(self) -> int:
+        return len(self.rows) * len(self.cols)
+
+    def tile_image(self, image: np.ndarray, r: int, c: int) -> np.ndarray:
+        """Tile (r, c) of ``image`` (H, W, C), mirror-filled where it reaches past the image."""
+        y, x = self.rows[r], self.cols[c]
+        (th, tw), (h, w) = self.tile, self.size
+        if y + th <= h and x + tw <= w:
+            return np.ascontiguousarray(image[y : y + th, x : x + tw])
+        return image[np.ix_(mirror_indices(y, th, h), mirror_indices(x, tw, w))]
+
+    def own(self, origins: tuple[int, ...], i: int, tile: int, end: int) -> tuple[int, int]:
+        """The part of tile ``i`` along one axis that is closer to its centre than to any
+        other tile's (overlaps split at their middle), clipped to ``end``."""
+        lo = 0 if i == 0 else (origins[i - 1] + tile + origins[i]) // 2
+        hi = end if i == len(origins) - 1 else (origins[i] + tile + origins[i + 1]) // 2
+        return min(lo, end), min(hi, end)
+
+
+class Blender:
+    """One image's result from its tiles, added in row-major order (``passes`` outputs per
+    tile with test-time augmentation). ``classes``: the probabilities' channels, or 0 for
+    a mask-only model (stitched). ``keep_probs``: also keep the blended probabilities
+    (float16, (H, W, K)) for ``--save-probs``."""
+
+    def __init__(
+        self,
+        grid: TileGrid,
+        classes: int,
+        passes: int = 1,
+        keep_probs: bool = False,
+        dtype: type[np.floating[Any]] | np.dtype[Any] = np.float32,
+    ) -> None:
+        self.grid = grid
+        self.classes = classes
+        self.passes = passes
+        h, w = grid.size
+        self.mask = np.zeros((h, w), np.uint8)
+        self.probs = np.zeros((h, w, classes), dtype) if keep_probs and classes else None
+        self.added = 0  # outputs added so far
+        self._added = 0  # outputs added in the current tile row
+        self._row = 0
+        if classes:
+            th = grid.tile[0]
+            width = grid.cols[-1] + grid.tile[1]
+            self._top = 0  # image row the band's first row stands for
+            self._acc = np.zeros((th, width, classes), np.float32)
+            self._weight = np.zeros((th, width, 1), np.float32)
+            # weights fall off only along an axis with more than one tile (one tile: exactly its output)
+            down = ramp(th, grid.overlap if len(grid.rows) > 1 else 0)
+            across = ramp(grid.tile[1], grid.overlap if len(grid.cols) > 1 else 0)
+            self._window = (down[:, None] * across[None, :])[:, :, None]
+
+    @property
+    def done(self) -> bool:
+        return self._row == len(self.grid.rows)
+
+    def add(self, output: np.ndarray) -> None:
+        """The next tile's output: (th, tw, K) float probabilities, or (th, tw) uint8 mask."""
+        if self.done:
+            raise RuntimeError("all tiles of this image are already in")
+        c = self._added // self.passes
+        if self.classes:
+            x, tw = self.grid.cols[c], self.grid.tile[1]  # the band starts at this tile row's origin
+            self._acc[:, x : x + tw] += output * self._window
+            self._weight[:, x : x + tw] += self._window
+        else:
+            self._stitch(c, output)
+        self.added += 1
+        self._added += 1
+        if self._added == len(self.grid.cols) * self.passes:
+            self._finish_row()
+
+    def _stitch(self, c: int, mask: np.ndarray) -> None:
+        g, r = self.grid, self._row
+        y0, y1 = g.own(g.rows, r, g.tile[0], g.size[0])
+        x0, x1 = g.own(g.cols, c, g.tile[1], g.size[1])
+        y, x = g.rows[r], g.cols[c]
+        self.mask[y0:y1, x0:x1] = mask[y0 - y : y1 - y, x0 - x : x1 - x]
+
+    def _finish_row(self) -> None:
+        g = self.grid
+        self._added = 0
+        self._row += 1
+        if not self.classes:
+            return
+        last = self._row == len(g.rows)
+        # rows above the next tile row's origin are final: no later tile touches them
+        end = g.size[0] if last else min(g.rows[self._row], g.size[0])
+        n = end - self._top
+        if n > 0:
+            probs = self._acc[:n, : g.size[1]] / self._weight[:n, : g.size[1]]
+            rows = slice(self._top, end)
+            if self.classes == 1:
+                self.mask[rows] = probs[..., 0] > 0.5
+            else:
+                self.mask[rows] = probs.argmax(axis=-1)
+            if self.probs is not None:
+                self.probs[rows] = probs
+        if last:
+            del self._acc, self._weight
+            return
+        shift = g.rows[self._row] - self._top
+        keep = self._acc.shape[0] - shift
+        self._acc[:keep] = self._acc[shift:].copy()
+        self._weight[:keep] = self._weight[shift:].copy()
+        self._acc[keep:] = 0
+        self._weight[keep:] = 0
+        self._top = g.rows[self._row]
+
+
+def flip(array: np.ndarray, rows: bool, cols: bool) -> np.ndarray:
+    """``array`` (H, W, ...) flipped up-down and/or left-right (its own inverse)."""
+    if rows:
+        array = array[::-1]
+    if cols:
+        array = array[:, ::-1]
+    return array
