@@ -10,7 +10,9 @@ from pathlib import Path
 from fcnx.runtime.bench.machine import describe_machine
 
 
-def write_report(results: Path, suite: str, rows: list[dict], to_markdown: Callable[[dict], str]) -> dict:
+def write_report(
+    results: Path, suite: str, rows: list[dict] | dict[str, list[dict]], to_markdown: Callable[[dict], str]
+) -> dict:
     """Write ``results/SUITE.json`` (rows, date, machine) and ``results/SUITE.md``; print the table."""
     doc = {"suite": suite, "date": time.strftime("%Y-%m-%d"), "machine": describe_machine(), "rows": rows}
     results.mkdir(parents=True, exist_ok=True)

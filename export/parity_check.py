@@ -69,10 +69,14 @@ def disagreement_png(image: np.ndarray, keras_mask: np.ndarray, mask: np.ndarray
     return data.tobytes()
 
 
-def run_backend(backend: Backend, images: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """All images through the runtime's one prediction path (Segmenter); "mask" always (the
-    graph's own when it has one), "probs" when the model has them, stacked."""
-    outputs = Segmenter(backend).segment(images, probs="probs" in backend.output_names)
+def run_backend(
+    backend: Backend, images: list[np.ndarray], tile: str = "auto", overlap: int | None = None
+) -> dict[str, np.ndarray]:
+    """All images through the runtime's one prediction path (Segmenter, tiled as ``fcnx
+    predict`` tiles); "mask" always (the graph's own when it has one), "probs" when the
+    model has them, stacked."""
+    segmenter = Segmenter(backend, tile=tile, overlap=overlap)
+    outputs = segmenter.segment(images, probs="probs" in backend.output_names)
     stacked = {"mask": np.stack([o.mask for o in outputs])}
     if outputs[0].probs is not None:
         stacked["probs"] = np.stack([o.probs for o in outputs])
@@ -88,12 +92,16 @@ def check_against_keras(
     display_names: list[str] | None = None,
     maps: str | Path | None = None,
     max_maps: int = 4,
+    tile: str = "auto",
+    overlap: int | None = None,
 ) -> list[ParityRow]:
     """One judged ParityRow per artifact. An artifact that cannot be loaded or run gets
     a failing row saying why; the others are still compared. With ``maps``, the first
     ``max_maps`` real images get a disagreement picture per artifact,
     MAPS/ARTIFACT-NAME/IMAGE.png: the image in grey, red where the artifact's mask differs
-    from Keras's (do FP16/INT8 flips sit on class boundaries or form blobs?)."""
+    from Keras's (do FP16/INT8 flips sit on class boundaries or form blobs?). ``tile`` and
+    ``overlap``: as ``fcnx predict``'s, for both the artifact and the Keras reference (the
+    images are at the artifact's input size, so by default each is one tile)."""
     rows: list[ParityRow] = []
     cache: dict[tuple[int, int], tuple[list[np.ndarray], list[np.ndarray | None], np.ndarray, list[str]]] = {}
     for i, artifact in enumerate(artifacts):
@@ -111,10 +119,10 @@ def check_against_keras(
         size = native_size(backend, DEFAULT_SIZE)
         if size not in cache:
             images, truths, names = parity_images(card, size, data, random_images)
-            reference = keras_segmenter(model, card).predict(images, probs=True)
+            reference = keras_segmenter(model, card, tile=tile, overlap=overlap).predict(images, probs=True)
             cache[size] = (images, truths, np.stack(reference), names)
         images, truths, reference, names = cache[size]
-        outputs = run_backend(backend, images)
+        outputs = run_backend(backend, images, tile, overlap)
         probs, mask = outputs.get("probs"), outputs["mask"]
         if maps is not None:
             real = [j for j in range(len(images)) if j >= random_images][:max_maps]

@@ -16,7 +16,12 @@ import signal
 import sys
 import threading
 
-from .backends.base import BackendError, MissingExtra
+# OpenCV refuses images over 2^30 pixels unless this is set before it is loaded (it reads
+# it once, when the library loads); fcnx's own --max-pixels guard, checked on the header,
+# is the limit that applies. The command sets it; library use leaves the environment alone.
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 40))
+
+from .backends.base import BackendError, MissingExtra  # after the environment: loads no OpenCV
 
 # name -> (module, extra that provides its libraries, one-line help)
 COMMANDS: dict[str, tuple[str, str | None, str]] = {

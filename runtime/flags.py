@@ -70,3 +70,21 @@ def dataclass_from_args(cls: type, args: argparse.Namespace, **extra: Any) -> An
             values[f.name] = tuple(values[f.name])
     values.update(extra)
     return cls(**values)
+
+
+def add_tiling_flags(parser: argparse.ArgumentParser) -> None:
+    """``--tile`` and ``--overlap`` as ``fcnx predict`` has them, for the commands that
+    segment through the same Segmenter (evaluate, parity)."""
+    parser.add_argument(
+        "--tile",
+        default="auto",
+        metavar="HxW|off",
+        help="tiles for images larger than the model's input size, HxW or off (default: auto, the "
+        "model's input size, 512x512 for a dynamic model; as fcnx predict)",
+    )
+    parser.add_argument(
+        "--overlap",
+        type=int,
+        metavar="PX",
+        help="pixels neighbouring tiles overlap (default: a quarter tile)",
+    )

@@ -1,10 +1,10 @@
-"""``fcnx evaluate``: a Keras model on a labelled folder, whole images, inference mode.
+"""``fcnx evaluate``: a Keras model on a labelled folder, full resolution, inference mode.
 
 Predicts through the runtime's ``Segmenter`` over the Keras backend, exactly like
-``fcnx predict`` and the parity check (each image at its own size, padded to the
-stride), and reports mIoU, IoU per class, pixel accuracy and Dice from one confusion
-matrix over all pixels; ``--save-masks`` writes the predicted masks like the
-write-up's test step.
+``fcnx predict`` and the parity check (each image at its own resolution: whole, padded
+to the stride, or as overlapping tiles when larger than the model's size), and reports
+mIoU, IoU per class, pixel accuracy and Dice from one confusion matrix over all pixels;
+``--save-masks`` writes the predicted masks like the write-up's test step.
 """
 
 from __future__ import annotations
@@ -27,14 +27,27 @@ from .labels import ClassSpec, class_spec_from_card, read_classes_file
 from .model_file import find_card, load_keras_model, resolve_model_path
 
 
-def keras_segmenter(model: keras.Model, card: ModelCard | None = None, batch_size: int = 4) -> Segmenter:
-    """The one prediction path, over an in-memory Keras model."""
-    return Segmenter(KerasBackend(model=model, card=card), batch_size=batch_size)
+def keras_segmenter(
+    model: keras.Model,
+    card: ModelCard | None = None,
+    batch_size: int = 4,
+    tile: str = "auto",
+    overlap: int | None = None,
+) -> Segmenter:
+    """The one prediction path, over an in-memory Keras model (tiled as ``fcnx predict``)."""
+    return Segmenter(KerasBackend(model=model, card=card), batch_size=batch_size, tile=tile, overlap=overlap)
 
 
-def predict_masks(model: keras.Model, images: list[np.ndarray], batch_size: int = 4) -> list[np.ndarray]:
+def predict_masks(
+    model: keras.Model,
+    images: list[np.ndarray],
+    batch_size: int = 4,
+    tile: str = "auto",
+    overlap: int | None = None,
+    card: ModelCard | None = None,
+) -> list[np.ndarray]:
     """Class-id masks (H, W) uint8 at each image's own size."""
-    return keras_segmenter(model, batch_size=batch_size).predict(images)
+    return keras_segmenter(model, card, batch_size, tile, overlap).predict(images)
 
 
 def predict_probabilities(
@@ -67,8 +80,11 @@ def evaluate_samples(
     samples: Samples,
     batch_size: int = 4,
     save_masks: str | Path | None = None,
+    tile: str = "auto",
+    overlap: int | None = None,
+    card: ModelCard | None = None,
 ) -> dict[str, Any]:
-    masks = predict_masks(model, samples.images, batch_size=batch_size)
+    masks = predict_masks(model, samples.images, batch_size, tile, overlap, card)
     n = samples.classes.num_classes
     cm = np.zeros((n, n), dtype=np.int64)
     for truth, pred in zip(samples.masks, masks):
@@ -87,8 +103,11 @@ def evaluate(
     classes_file: str | Path | None = None,
     batch_size: int = 4,
     save_masks: str | Path | None = None,
+    tile: str = "auto",
+    overlap: int | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a .keras model (or run folder) on DATA/image + DATA/label."""
+    """Evaluate a .keras model (or run folder) on DATA/image + DATA/label, tiled like
+    ``fcnx predict`` (images larger than the model's size run as overlapping tiles)."""
     model = load_keras_model(model_path)
     try:
         card = find_card(model_path)
@@ -106,7 +125,7 @@ def evaluate(
             f"{model_path}: model predicts {model.outputs[0].shape[-1]} classes but {data} "
             f"has {samples.classes.num_classes}"
         )
-    report = evaluate_samples(model, samples, batch_size, save_masks)
+    report = evaluate_samples(model, samples, batch_size, save_masks, tile, overlap, card)
     report["model"] = str(resolve_model_path(model_path))
     report["data"] = str(data)
     return report

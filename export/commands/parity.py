@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from fcnx.runtime.flags import add_tiling_flags
+
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__)
@@ -15,6 +17,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "--data", metavar="DIR", help="real images (image/, optional label/ for the mIoU change)"
     )
     parser.add_argument("--random-images", type=int, default=4, help="seeded random images (default: 4)")
+    add_tiling_flags(parser)
     parser.add_argument("--json", metavar="FILE", help="write the rows as JSON")
     parser.add_argument(
         "--maps",
@@ -34,7 +37,14 @@ def run(args: argparse.Namespace) -> int:
     model = load_keras_model(args.model)
     card = card_for(model, find_card(args.model))
     rows = check_against_keras(
-        model, args.artifacts, card, data=args.data, random_images=args.random_images, maps=args.maps
+        model,
+        args.artifacts,
+        card,
+        data=args.data,
+        random_images=args.random_images,
+        maps=args.maps,
+        tile=args.tile,
+        overlap=args.overlap,
     )
     print(format_rows(rows))
     if args.json:

@@ -10,6 +10,7 @@ from ..flags import opt
 from ..images import MAX_PIXELS
 from .outputs import FORMATS, PROBS_FORMATS
 from .segmenter import FITS, TTAS
+from .tiling import parse_tile
 
 READ_AHEAD_MIB = 1024
 
@@ -85,6 +86,7 @@ class PredictConfig:
             raise ValueError(f"--workers must be at least 1, got {self.workers}")
         if self.batch is not None and self.batch < 1:
             raise ValueError(f"--batch must be at least 1, got {self.batch}")
+        parse_tile(self.tile)  # a malformed --tile is an error before anything runs
         if self.max_pixels < 1 or self.read_ahead < 1:
             raise ValueError("--max-pixels and --read-ahead must be at least 1")
         if self.save_probs and self.ray:

@@ -75,3 +75,15 @@ def test_pad_to_multiple_mirrors_and_keeps_the_original_top_left() -> None:
     np.testing.assert_array_equal(padded[:5, :7], image)
     np.testing.assert_array_equal(padded[5, :7], image[4])  # symmetric: the edge row repeats
     assert pad_to_multiple(image, 1) is image
+
+
+def test_the_command_raises_opencvs_pixel_limit_before_opencv_loads_and_the_library_does_not() -> None:
+    code = (
+        "import os, sys; import fcnx.runtime; lib = os.environ.get('OPENCV_IO_MAX_IMAGE_PIXELS'); "
+        "import fcnx.runtime.cli; print(lib, 'cv2' in sys.modules, os.environ['OPENCV_IO_MAX_IMAGE_PIXELS'])"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "OPENCV_IO_MAX_IMAGE_PIXELS"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True, env=env
+    )
+    assert out.stdout.split() == ["None", "False", str(1 << 40)]

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from fcnx.runtime.backends.registry import load
 from fcnx.runtime.images import mirror_pad
@@ -319,3 +320,32 @@ def test_tile_options_are_checked() -> None:
         Segmenter(FakeBackend(input_hw=(64, 64)), fit="pad", tile=(64, 64))
     assert Segmenter(FakeBackend(), tile=(64, 64), overlap=16).describe() == "tile 64x64 overlap 16"
     assert Segmenter(FakeBackend()).tile == (512, 512)  # a dynamic model without a card size
+
+
+def test_the_cli_tiles_a_large_image_on_a_real_onnx_model(threshold_onnx: Path, tmp_path: Path) -> None:
+    from fcnx.runtime.cli import main
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image = _image(333, 1000)
+    (folder / "wide.png").write_bytes(png(image))
+    out = tmp_path / "out"
+    args = ["predict", str(threshold_onnx), str(folder), "-o", str(out), "--no-progress"]
+    assert main([*args, "--tile", "64x64", "--overlap", "16", "--json"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tile"] == [64, 64] and summary["overlap"] == 16 and summary["fit"] == "tile"
+    np.testing.assert_array_equal(np.array(Image.open(out / "wide.png")), threshold_mask(image))
+    assert main([*args, "--tile", "64x64", "--fit", "pad"]) == 1  # explicit fits run whole images
+
+
+def test_ray_actors_tile_like_a_local_run(threshold_onnx: Path) -> None:
+    from fcnx.runtime.predict.ray import SegmentationPredictor
+
+    images = [_image(333, 1000), _image(20, 30)]
+    column = np.empty(2, dtype=object)
+    column[:] = images
+    actor = SegmentationPredictor(str(threshold_onnx), "ort-cpu", threads=1, tile="64x64", overlap=16)
+    rows = actor({"image": column, "path": np.array(["a.png", "b.png"])})
+    assert actor.segmenter.tile == (64, 64) and list(rows["error"]) == ["", ""]
+    for image, mask in zip(images, rows["mask"]):
+        np.testing.assert_array_equal(mask, threshold_mask(image))

@@ -1,10 +1,12 @@
 """fcnx evaluate MODEL DATA: mIoU, per-class IoU, pixel accuracy and Dice of a .keras
-model (or run folder) on a labelled image/label folder, whole images, inference mode."""
+model (or run folder) on a labelled image/label folder, full resolution (tiled like fcnx predict)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+
+from fcnx.runtime.flags import add_tiling_flags
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -16,6 +18,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--save-masks", metavar="DIR", help="write predicted masks here, as the labels are encoded"
     )
+    add_tiling_flags(parser)
     parser.add_argument("--json", metavar="FILE", help="write the report as JSON")
     return parser
 
@@ -24,7 +27,9 @@ def run(args: argparse.Namespace) -> int:
     from fcnx.runtime.atomic import atomic_write_text
     from fcnx.train.evaluate import evaluate, format_report
 
-    report = evaluate(args.model, args.data, args.classes, args.batch_size, args.save_masks)
+    report = evaluate(
+        args.model, args.data, args.classes, args.batch_size, args.save_masks, args.tile, args.overlap
+    )
     print(format_report(report))
     if args.save_masks:
         print(f"\nmasks written to {args.save_masks}")
