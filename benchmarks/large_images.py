@@ -44,7 +44,7 @@ sys.path.insert(0, str(HERE))
 from report import write_report  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
-OVERLAPS = (0, 32, 64, 128, 192, 256)
+OVERLAPS = (0, 32, 64, 96, 128, 192, 256)
 BORDER = 16  # "near a tile border": within this many pixels of one
 OFFSET = 16  # mosaic crop offset: seams 16 px from the nearest tile border
 
@@ -141,6 +141,42 @@ def seams(
     return rows
 
 
+def linear(tile: int) -> np.ndarray:
+    """A linear ramp over the default overlap at both ends (1 inside)."""
+    from fcnx.runtime.predict.tiling import MIN_WEIGHT, default_overlap
+
+    i = np.arange(tile, dtype=np.float32)
+    ramp = np.minimum(1.0, np.minimum(i + 0.5, tile - i - 0.5) / default_overlap((tile, tile), 32))
+    return np.maximum(ramp, MIN_WEIGHT).astype(np.float32)
+
+
+def cosine(tile: int) -> np.ndarray:
+    """The linear ramp, smoothed: half a cosine period."""
+    return np.maximum(0.5 - 0.5 * np.cos(np.pi * linear(tile)), 1e-3).astype(np.float32)
+
+
+def windows(backend: Any, image: np.ndarray, arch: str) -> list[dict]:
+    """The runtime's Gaussian blend window against ramps over the overlap, at the default
+    overlap (benchmark-only stand-ins for ``tiling.weights``)."""
+    from fcnx.runtime.predict import tiling
+    from fcnx.runtime.predict.segmenter import Segmenter
+
+    [whole] = Segmenter(backend, tile="off").predict([image])
+    rows, gaussian = [], tiling.weights
+    try:
+        for name, fn in (("gaussian (fcnx)", gaussian), ("linear ramp", linear), ("cosine ramp", cosine)):
+            tiling.weights = fn
+            segmenter = Segmenter(backend, tile=(512, 512))
+            [tiled] = segmenter.predict([image])
+            agree, near = tiled == whole, near_borders(image.shape[0], segmenter.overlap)
+            rows.append({"model": arch, "window": name, "overlap": segmenter.overlap,
+                         "agreement": float(agree.mean()), "near": float(agree[near].mean()),
+                         "elsewhere": float(agree[~near].mean())})  # fmt: skip
+    finally:
+        tiling.weights = gaussian
+    return rows
+
+
 def speed(backend: Any, large: np.ndarray, slices: list[np.ndarray], rounds: int, arch: str) -> dict:
     from fcnx.runtime.predict.segmenter import Segmenter, Tiled
 
@@ -180,17 +216,20 @@ def memory(onnx: Path, work: Path, images: dict[int, Path], arch: str) -> list[d
     from fcnx.runtime.predict.segmenter import Segmenter
 
     rows = []
-    runs = [(size, "auto") for size in sorted(images)] + [(4096, "off")]  # whole 4096²: the old way
+    # 4096² tiled at the default batch 8 and at 4, and whole (the old way); 16384² tiled
+    runs = [(4096, "auto", 8), (4096, "auto", 4), (4096, "off", 1)] + [
+        (n, "auto", 8) for n in images if n != 4096
+    ]
     with load(onnx, "ort-cpu") as backend:
-        for size, tile in runs:
+        for size, tile, batch in runs:
             header = read_header(images[size])
             assert header is not None
-            estimate = image_bytes(Segmenter(backend, tile=tile), header)
-            out = work / f"predict-{size}-{tile}"
+            estimate = image_bytes(Segmenter(backend, batch, tile=tile), header)
+            out = work / f"predict-{size}-{tile}-{batch}"
             command = ["fcnx", "predict", str(onnx), str(images[size]), "-o", str(out), "--no-progress",
-                       "--overwrite", "--tile", tile]  # fmt: skip
+                       "--overwrite", "--tile", tile, "--batch", str(batch)]  # fmt: skip
             rss, seconds = peak_rss(command)
-            rows.append({"model": arch, "image": f"{size}²", "tile": tile, "peak_rss_gib": rss / 2**30,
+            rows.append({"model": arch, "image": f"{size}²", "tile": tile, "batch": batch, "peak_rss_gib": rss / 2**30,
                          "estimate_gib": estimate / 2**30, "seconds": seconds,
                          "megapixels_per_second": size * size / seconds / 1e6})  # fmt: skip
             print(rows[-1], flush=True)
@@ -235,14 +274,20 @@ def to_markdown(doc: dict) -> str:
           None if r["seconds"] is None else round(r["seconds"], 1)] for r in rows["seams"]],
     )  # fmt: skip
     lines += table(
+        ["model", "blend window", "overlap", "agreement with whole", f"within {BORDER} px of a tile border",
+         "elsewhere"],
+        [[r["model"], r["window"], r["overlap"], r["agreement"], r["near"], r["elsewhere"]] for r in rows["windows"]],
+    )  # fmt: skip
+    lines += table(
         ["model", "tiles (4096²)", "overlap", "tiles/s", "512² images/s (batch 8)", "ratio", "Mpx/s"],
         [[r["model"], r["tiles"], r["overlap"], round(r["tiles_per_second"], 2), round(r["images_per_second_512"], 2),
           round(r["ratio"], 2), round(r["megapixels_per_second"], 2)] for r in rows["speed"]],
     )  # fmt: skip
     lines += table(
-        ["model", "fcnx predict on", "--tile", "peak RSS GiB", "runtime's estimate GiB", "seconds", "Mpx/s"],
-        [[r["model"], f"one {r['image']} PNG", r["tile"], round(r["peak_rss_gib"], 2), round(r["estimate_gib"], 2),
-          round(r["seconds"], 1), round(r["megapixels_per_second"], 2)] for r in rows["memory"]],
+        ["model", "fcnx predict on", "--tile", "--batch", "peak RSS GiB", "runtime's estimate GiB", "seconds", "Mpx/s"],
+        [[r["model"], f"one {r['image']} PNG", r["tile"], r["batch"], round(r["peak_rss_gib"], 2),
+          round(r["estimate_gib"], 2), round(r["seconds"], 1), round(r["megapixels_per_second"], 2)]
+         for r in rows["memory"]],
     )  # fmt: skip
     lines += table(
         ["model", "--tta", "membrane mIoU (24 slices)", "seconds", "images/s"],
@@ -276,14 +321,15 @@ def main() -> int:
             cv2.imwrite(str(files[16384]), mosaic(slices, labels, 16384, seed=1)[0])
     archs = ("fcn8s",) if args.quick else ("fcn8s", "fcn2s")
     overlaps = (0, 64, 128) if args.quick else OVERLAPS
-    rows: dict[str, list[dict]] = {"seams": [], "speed": [], "memory": [], "tta": []}
+    rows: dict[str, list[dict]] = {"seams": [], "windows": [], "speed": [], "memory": [], "tta": []}
     for arch in archs:
         onnx = export_dynamic(arch, args.work, args.data)
         with load(onnx, "ort-cpu") as backend:
             rows["seams"] += seams(backend, large, large_label, overlaps, arch)
+            rows["windows"] += windows(backend, large, arch)
             rows["speed"].append(speed(backend, large, slices, args.rounds, arch))
             rows["tta"] += tta(backend, slices, labels, arch)
-        if arch == archs[-1]:
+        if arch == archs[0]:
             rows["memory"] += memory(onnx, args.work, files, arch)
     write_report(args.results, "large_images", rows, to_markdown)
     return 0

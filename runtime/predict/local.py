@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +124,7 @@ def run_local(
             if isinstance(result, Exception):
                 report(d.item.path, "infer", describe_error(result))
             else:
-                yield d, result
+                yield replace(d, plan=None), result  # the writers need the input only for an overlay
 
     window = max(2 * segmenter.batch_size, 4 * config.workers)
     budget = config.read_ahead << 20
