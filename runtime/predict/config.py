@@ -89,8 +89,6 @@ class PredictConfig:
         parse_tile(self.tile)  # a malformed --tile is an error before anything runs
         if self.max_pixels < 1 or self.read_ahead < 1:
             raise ValueError("--max-pixels and --read-ahead must be at least 1")
-        if self.save_probs and self.ray:
-            raise ValueError("--save-probs is not available with --ray yet; run without --ray")
         if self.threads is not None and self.threads < 1:
             raise ValueError(
                 f"--threads must be at least 1 (or left out for the usable cores), got {self.threads}"

@@ -93,7 +93,8 @@ class SegmentationPredictor:
 
     Adds ``mask`` (uint8 (H, W) class ids at each image's own size), ``error`` and
     ``stage`` ("read" for an image that could not be prepared, like a local run), and
-    ``backend``; drops ``image`` unless ``keep_image``. Rows that arrive with an
+    ``backend`` (and with ``probs=True`` ``probs``, (H, W, K) for ``--save-probs``); drops
+    ``image`` unless ``keep_image``; tiles like ``fcnx predict``. Rows that arrive with an
     ``error`` pass through with an empty mask. Arguments are those of
     ``fcnx.runtime.load`` and ``Segmenter``.
     """
@@ -110,8 +111,10 @@ class SegmentationPredictor:
         tile: str = "auto",
         overlap: int | None = None,
         tta: str = "off",
+        probs: bool = False,
     ) -> None:
         options = ort_options or OrtOptions(threads=threads)
+        self.probs = probs
         self.backend = load(model, backend, options)
         self.segmenter = Segmenter(self.backend, batch, fit, tile, overlap, tta)
         self.keep_image = keep_image
@@ -122,6 +125,7 @@ class SegmentationPredictor:
         errors = _column(batch, "error")
         stages = _column(batch, "stage", "read")
         masks: list[np.ndarray] = [np.zeros((0, 0), np.uint8)] * len(images)
+        probs: list[np.ndarray | None] = [None] * len(images)
         paths = _column(batch, "path", "<array>")
         plans: list[tuple[int, Plan]] = []
         for i, image in enumerate(images):
@@ -131,12 +135,15 @@ class SegmentationPredictor:
                 plans.append((i, self.segmenter.plan(np.asarray(image), paths[i])))
             except Exception as exc:
                 errors[i], stages[i] = describe_error(exc), "read"
-        for i, _, result in self.segmenter.stream(self.segmenter.by_shape(plans)):
+        results = self.segmenter.stream(self.segmenter.by_shape(plans), self.probs, np.float16)
+        for i, _, result in results:
             if isinstance(result, Exception):
                 errors[i], stages[i] = describe_error(result), "infer"
             else:
-                masks[i] = result.mask
+                masks[i], probs[i] = result.mask, result.probs
         out = {k: v for k, v in batch.items() if k != "image" or self.keep_image}
+        if self.probs:
+            out["probs"] = _objects(probs)
         out.update(
             mask=_objects(masks),
             error=np.array(errors),
@@ -153,6 +160,8 @@ def write_masks(
     overlay: bool,
     palette: tuple[tuple[int, int, int], ...],
     run_id: str = "",
+    probs: str | None = None,
+    classes: int = 0,
 ) -> dict[str, np.ndarray]:
     """Ray Data stage: write each row's ``mask`` (and overlay of its ``image``) under
     ``out`` at its ``relative`` path, atomically. Returns status rows only: ``path``,
@@ -165,9 +174,9 @@ def write_masks(
             continue
         try:
             image = batch["image"][i] if overlay else None
-            write_outputs(
-                output_paths(Path(out), relative, format, overlay), batch["mask"][i], palette, image, run_id
-            )
+            files = output_paths(Path(out), relative, format, overlay, probs, classes)
+            kept = batch["probs"][i] if probs else None
+            write_outputs(files, batch["mask"][i], palette, image, run_id, kept)
         except Exception as exc:
             errors[i], stages[i] = describe_error(exc), "write"
     return {
@@ -320,6 +329,7 @@ def _dataset(
             "overlap": config.overlap,
             "tta": config.tta,
             "keep_image": config.overlay,
+            "probs": bool(config.save_probs),
             "ort_options": options,
         },
         compute=ray.data.ActorPoolStrategy(size=config.workers),
@@ -335,6 +345,8 @@ def _dataset(
             "overlay": config.overlay,
             "palette": palette,
             "run_id": run_id,
+            "probs": config.save_probs,
+            "classes": segmenter.card_classes,
         },
         batch_size=batch,
         num_cpus=READ_WRITE_CPUS,

@@ -338,14 +338,25 @@ def test_the_cli_tiles_a_large_image_on_a_real_onnx_model(threshold_onnx: Path, 
     assert main([*args, "--tile", "64x64", "--fit", "pad"]) == 1  # explicit fits run whole images
 
 
-def test_ray_actors_tile_like_a_local_run(threshold_onnx: Path) -> None:
-    from fcnx.runtime.predict.ray import SegmentationPredictor
+def test_ray_actors_tile_like_a_local_run(threshold_onnx: Path, tmp_path: Path) -> None:
+    from fcnx.runtime.predict.ray import SegmentationPredictor, write_masks
 
     images = [_image(333, 1000), _image(20, 30)]
     column = np.empty(2, dtype=object)
     column[:] = images
-    actor = SegmentationPredictor(str(threshold_onnx), "ort-cpu", threads=1, tile="64x64", overlap=16)
-    rows = actor({"image": column, "path": np.array(["a.png", "b.png"])})
+    actor = SegmentationPredictor(
+        str(threshold_onnx), "ort-cpu", threads=1, tile="64x64", overlap=16, probs=True
+    )
+    rows = actor(
+        {"image": column, "path": np.array(["a.png", "b.png"]), "relative": np.array(["a.png", "b.png"])}
+    )
     assert actor.segmenter.tile == (64, 64) and list(rows["error"]) == ["", ""]
     for image, mask in zip(images, rows["mask"]):
         np.testing.assert_array_equal(mask, threshold_mask(image))
+    palette = actor.segmenter.card.palette
+    status = write_masks(rows, str(tmp_path), "png", False, palette, probs="npy", classes=2)
+    assert list(status["error"]) == ["", ""]
+    probs = np.load(tmp_path / "a.probs.npy")
+    assert probs.dtype == np.float16 and probs.shape == (333, 1000, 2)
+    np.testing.assert_array_equal(probs.argmax(axis=-1), threshold_mask(images[0]))
+    np.testing.assert_allclose(probs.astype(np.float32).sum(axis=-1), 1, atol=2e-3)
