@@ -50,12 +50,25 @@ class Progress:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, unit="img", dynamic_ncols=True, disable=None)
+        self.failed = 0
+        self.tiles = 0
 
     def update(self, failed: int) -> None:
         if self.bar is not None:
             self.bar.update(1)
-            if failed:
-                self.bar.set_postfix(failed=failed, refresh=False)
+            self.failed = failed
+            self._postfix()
+
+    def pieces(self, count: int) -> None:
+        """``count`` more tiles (or whole images) through the model: a large image's progress."""
+        self.tiles += count
+        if self.bar is not None and self.tiles > self.bar.n:  # images of several tiles: show them move
+            self._postfix()
+            self.bar.refresh()
+
+    def _postfix(self) -> None:
+        shown = {"tiles": self.tiles} if self.tiles > self.bar.n else {}
+        self.bar.set_postfix(**shown, **({"failed": self.failed} if self.failed else {}), refresh=False)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -160,7 +173,7 @@ def predict_folder(config: PredictConfig, backend: Backend | None = None) -> dic
                 if config.ray:
                     run_on_ray(config, segmenter, tasks, report, run, lock.run_id)
                 else:
-                    run_local(config, segmenter, tasks, report, lock.run_id)
+                    run_local(config, segmenter, tasks, report, lock.run_id, progress.pieces)
             except KeyboardInterrupt:
                 interrupted = True
             finally:

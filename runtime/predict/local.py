@@ -70,8 +70,15 @@ def bounded_map(
 
 
 def run_local(
-    config: PredictConfig, segmenter: Segmenter, tasks: list[Task], report: Report, run_id: str = ""
+    config: PredictConfig,
+    segmenter: Segmenter,
+    tasks: list[Task],
+    report: Report,
+    run_id: str = "",
+    pieces: Callable[[int], None] | None = None,
 ) -> None:
+    """Run the planned tasks; ``report`` gets each file's outcome, ``pieces`` the count of
+    tiles (or whole images) each batch took through the model."""
     palette = segmenter.card.palette
     probs_bytes = 2 if config.save_probs else 0  # kept as float16
     channels = segmenter.card.input_channels
@@ -119,7 +126,7 @@ def run_local(
                 yield d, d.plan
 
     def inferred(decoded: Iterator[_Decoded]) -> Iterator[tuple[_Decoded, Output]]:
-        results = segmenter.stream(good(decoded), probs=bool(config.save_probs), probs_dtype=np.float16)
+        results = segmenter.stream(good(decoded), bool(config.save_probs), np.float16, pieces)
         for d, _, result in results:
             if isinstance(result, Exception):
                 report(d.item.path, "infer", describe_error(result))

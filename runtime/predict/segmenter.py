@@ -28,7 +28,7 @@ fails comes out as its exception while the stream goes on.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -292,11 +292,16 @@ class Segmenter:
         return self.backend.infer(batch)
 
     def stream(
-        self, items: Iterable[tuple[K, Plan]], probs: bool = False, probs_dtype: Any = np.float32
+        self,
+        items: Iterable[tuple[K, Plan]],
+        probs: bool = False,
+        probs_dtype: Any = np.float32,
+        progress: Callable[[int], None] | None = None,
     ) -> Iterator[tuple[K, Plan, Output | Exception]]:
         """Run (key, plan) pairs in order; yields (key, plan, result) in the same order, the
         result an ``Output`` at the image's own size (with ``probs`` when asked for), or the
-        exception that made this image fail (the others go on)."""
+        exception that made this image fail (the others go on). ``progress(n)``: called with
+        the pieces each batch took through the model."""
         if probs and not self.has_probs:
             raise ValueError(
                 f"{self.backend.name}: this model has no probabilities output (it was exported with "
@@ -336,6 +341,8 @@ class Segmenter:
                 for i, (image, _) in enumerate(group):
                     if image.error is None:
                         self._add(image, {name: value[i] for name, value in outputs.items()}, done)
+                if progress is not None:
+                    progress(len(group))
             while done:
                 image = done.popleft()
                 yield image.key, image.plan, image.error or self._result(image, probs)
