@@ -86,5 +86,5 @@ def add_tiling_flags(parser: argparse.ArgumentParser) -> None:
         "--overlap",
         type=int,
         metavar="PX",
-        help="pixels neighbouring tiles overlap (default: a quarter tile)",
+        help="pixels neighbouring tiles overlap (default: 3/16 of the tile side)",
     )

@@ -37,7 +37,9 @@ class PredictConfig:
         metavar="HxW|off",
     )
     overlap: int | None = opt(
-        None, "pixels by which neighbouring tiles overlap (default: a quarter of the tile side)", metavar="PX"
+        None,
+        "pixels by which neighbouring tiles overlap (default: 3/16 of the tile side, 96 for 512)",
+        metavar="PX",
     )
     fit: str = opt(
         "auto",

@@ -19,30 +19,35 @@ from .segmenter import Segmenter
 GIB = 1 << 30
 # A model holds its activations for every pixel it runs at once (a batch of tiles, or a
 # whole image): measured for the default slim FCN on onnxruntime CPU, 4.4 GiB peak RSS for
-# one whole 4096² image, ~280 B per input pixel.
+# one whole 4096² image, ~280 B per input pixel. For a batch of tiles onnxruntime's arena
+# held about twice that (1.1 GiB for 8 tiles of 512², measured): it grows in doublings.
 ACTIVATION_BYTES_PER_PIXEL = 280
+ARENA_GROWTH = 2
 IN_FLIGHT_BATCHES = 3  # being filled, in the backend, being handed back
 
 
 def image_bytes(segmenter: Segmenter, header: Header, probs_bytes: int = 0, overlay: bool = False) -> int:
-    """Bytes one image of this header needs: its decoded and model-channel copies, the
-    mask, kept probabilities (``probs_bytes`` per value), the overlay, and the model's
-    activations for what runs at once: a batch of tiles (with the tiles in flight and
-    the blend band), or the whole image."""
+    """Bytes one image of this header needs: its decoded copy (and a model-channel copy
+    when the channels differ), the mask and the encoder's copy of it, kept probabilities
+    (``probs_bytes`` per value), the overlay, and the model's activations for what runs
+    at once: a batch of tiles (with the tiles in flight and the blend band), or the
+    whole image."""
     h, w = header.height, header.width
     pixels = h * w
     channels = segmenter.card.input_channels
     classes = segmenter.card_classes
-    total = pixels * header.bytes_per_pixel + pixels * channels + pixels  # decoded, converted, mask
+    total = pixels * header.bytes_per_pixel + 2 * pixels  # decoded; mask and its encoding
+    if header.bytes_per_pixel != channels:  # 16-bit, colour to grey, grey to colour: converted
+        total += pixels * channels
     total += pixels * classes * probs_bytes + (pixels * 3 * 3 if overlay else 0)
     if segmenter.tiled((h, w)):
         assert segmenter.tile is not None
         th, tw = segmenter.tile
         padded_w = -(-w // tw) * tw + tw
-        total += 3 * th * padded_w * (classes + 1) * 4  # accumulator, weights, the finished band
-        tile = th * tw * (channels + 4 * classes + 1)
-        total += IN_FLIGHT_BATCHES * segmenter.batch_size * tile
-        total += segmenter.batch_size * th * tw * ACTIVATION_BYTES_PER_PIXEL
+        total += th * padded_w * (classes + 1) * 4  # accumulator and weights
+        total += th * w * (4 * classes + 8)  # a finished band: probabilities, argmax
+        total += IN_FLIGHT_BATCHES * segmenter.batch_size * th * tw * (channels + 4 * classes + 1)
+        total += segmenter.batch_size * th * tw * ACTIVATION_BYTES_PER_PIXEL * ARENA_GROWTH
     else:
         total += pixels * (ACTIVATION_BYTES_PER_PIXEL + 4 * classes * len(segmenter.passes))
     return total

@@ -59,9 +59,12 @@ def parse_tile(text: str) -> tuple[int, int] | str:
 
 
 def default_overlap(tile: tuple[int, int], multiple: int) -> int:
-    """The overlap when none is given: a quarter of the shorter tile side, to the stride
-    (128 px for 512² tiles; benchmarks/large_images.py measures the choice)."""
-    return max(0, min(tile) // 4 // multiple * multiple)
+    """The overlap when none is given: 3/16 of the shorter tile side, down to the stride
+    (96 px for 512² tiles). benchmarks/large_images.py chose it: the smallest overlap
+    at which both membrane models stay within the tiling budget below (99.97 % agreement
+    with whole-image inference; 64 px misses the near-border budget, 128 px costs 21 %
+    more tiles for 99.99 %)."""
+    return max(0, min(tile) * 3 // 16 // multiple * multiple)
 
 
 def starts(length: int, tile: int, overlap: int, multiple: int) -> list[int]:
