@@ -192,7 +192,7 @@ class OvBackend(Backend):
         return entry
 
     @property
-    def requests(self) -> int:
+    def requests_in_flight(self) -> int:
         """Infer requests ``infer_stream`` keeps in flight (OpenVINO's optimal number by default)."""
         if self.options.requests:
             return self.options.requests
@@ -212,7 +212,7 @@ class OvBackend(Backend):
         return self._outputs(entry.request)
 
     def infer_stream(self, batches: Iterable[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        """``infer`` for each batch, results in input order, with up to ``requests`` batches
+        """``infer`` for each batch, results in input order, with up to ``requests_in_flight`` batches
         in flight at once (a new batch shape first finishes the batches of the last one)."""
         self.check_open()
         done: dict[int, dict[str, np.ndarray] | BaseException] = {}
@@ -249,7 +249,7 @@ class OvBackend(Backend):
                         current.queue.wait_all()
                         yield from ready()
                     if entry.queue is None:
-                        entry.queue = self._ov.AsyncInferQueue(entry.compiled, self.requests)
+                        entry.queue = self._ov.AsyncInferQueue(entry.compiled, self.requests_in_flight)
                     entry.queue.set_callback(finished)  # this stream's results (the queue is idle)
                     current = entry
                 current.queue.start_async({0: batch}, index)

@@ -170,7 +170,7 @@ def test_stream_keeps_order_and_equals_infer(threshold_xml: Path) -> None:
     batches = [batch_of(2, 64, seed) for seed in range(6)] + [batch_of(1, 32, 9), batch_of(2, 64, 10)]
     with OvBackend(threshold_xml, options=OvOptions(requests=3)) as backend:
         streamed = list(backend.infer_stream(iter(batches)))
-        assert backend.requests == 3
+        assert backend.requests_in_flight == 3
         synced = [backend.infer(b) for b in batches]
     assert len(streamed) == len(batches)
     for batch, got, want in zip(batches, streamed, synced):
