@@ -87,13 +87,15 @@ def describe_run(report: dict[str, Any]) -> str:
         )
     peaks = report.get("ceiling", {}).get("cpu_openvino", {}).get("peaks", {})
     if peaks:
-        shown = [
+        ceilings = [
             f"{p.upper()} {v['peak_gflops']:.0f}"
             if "peak_gflops" in v
             else f"{p.upper()} not measured ({v['reason']})"
             for p, v in peaks.items()
         ]
-        text += f" Per-precision matmul ceilings through OpenVINO (GFLOP/s, INT8 GOP/s): {', '.join(shown)}."
+        text += (
+            f" Per-precision matmul ceilings through OpenVINO (GFLOP/s, INT8 GOP/s): {', '.join(ceilings)}."
+        )
     gpu = report.get("ceiling", {}).get("gpu")
     if gpu and gpu.get("peak_gflops"):
         text += f" GPU FP16 matmul ceiling: {gpu['peak_gflops']:.0f} GFLOP/s."
