@@ -28,9 +28,11 @@ class Budget:
     miou_change: float | None  # absolute change in mIoU against ground truth, at most (fraction)
 
 
+HALF_PRECISION = Budget(max_abs_prob=None, mask_agreement=0.999, miou_change=0.001)
 BUDGETS: dict[str, Budget] = {
     "fp32": Budget(max_abs_prob=1e-4, mask_agreement=0.9999, miou_change=None),
-    "fp16": Budget(max_abs_prob=None, mask_agreement=0.999, miou_change=0.001),
+    "fp16": HALF_PRECISION,
+    "bf16": HALF_PRECISION,  # OpenVINO's bfloat16 inference: judged as FP16
     "int8": Budget(max_abs_prob=None, mask_agreement=0.99, miou_change=0.005),
 }
 

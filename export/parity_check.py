@@ -12,6 +12,7 @@ import numpy as np
 from fcnx.runtime.atomic import atomic_write_bytes
 from fcnx.runtime.backends.base import Backend, BackendError, native_size
 from fcnx.runtime.backends.ort import OrtBackend
+from fcnx.runtime.backends.registry import load
 from fcnx.runtime.card import ModelCard
 from fcnx.runtime.images import dataset_images, read_image, read_label
 from fcnx.runtime.predict.segmenter import Segmenter, mask_from_probs
@@ -83,6 +84,17 @@ def run_backend(
     return stacked
 
 
+def artifact_backend(artifact: str | Path) -> Backend | None:
+    """The CPU backend an artifact's parity is judged on: onnxruntime for ``.onnx``, OpenVINO
+    for an IR ``.xml`` (compiled with the precision its card records); None for others."""
+    suffix = Path(artifact).suffix.lower()
+    if suffix == ".onnx":
+        return OrtBackend(artifact)
+    if suffix == ".xml":
+        return load(artifact, "ov-cpu")
+    return None
+
+
 def check_against_keras(
     model: Any,
     artifacts: list[str | Path],
@@ -107,13 +119,15 @@ def check_against_keras(
     for i, artifact in enumerate(artifacts):
         shown = display_names[i] if display_names else str(artifact)
         try:
-            backend = OrtBackend(artifact) if str(artifact).endswith(".onnx") else None
+            backend = artifact_backend(artifact)
         except BackendError as exc:
             rows.append(ParityRow(shown, "?", failures=[str(exc)]))
             continue
         if backend is None:
             rows.append(
-                ParityRow(shown, "?", failures=["only .onnx artifacts can be compared on this machine"])
+                ParityRow(
+                    shown, "?", failures=["only .onnx and .xml artifacts can be compared on this machine"]
+                )
             )
             continue
         size = native_size(backend, DEFAULT_SIZE)

@@ -14,6 +14,13 @@ Formats (``--int8-format``):
   x86 (with ``--reduce-range`` for CPUs without VNNI). Not for TensorRT.
 - ``u8u8``: uint8 both. Not for TensorRT.
 
+``--method entropy``: ``quantize_static`` builds its entropy calibrator with as many
+histogram bins as quantized bins (128 and 128), which leaves the KL-divergence search one
+candidate threshold, the full range: the result is minmax's, byte for byte (measured).
+So fcnx runs that calibrator itself with a 2048-bin histogram searched for a 128-bin
+half range (TensorRT's entropy calibration setting) and hands its ranges to
+``quantize_static`` as a calibration cache.
+
 Only convolutions, transposed convolutions and the skip additions are quantized, and by
 default not the decoder's (``--keep-fp32 decoder``): its score convs, transposed convs
 and skip additions are ~0.1 % of the FLOPs but carry every class boundary at full
@@ -40,6 +47,10 @@ INT8_FORMATS = ("s8s8", "u8s8", "u8u8")
 METHODS = ("minmax", "entropy", "percentile")
 QUANTIZED_OPS = ["Conv", "ConvTranspose", "Add"]
 KEEP_CHOICES = ("first", "last", "decoder")
+ENTROPY_BINS = {
+    "num_bins": 2048,
+    "num_quantized_bins": 128,
+}  # histogram bins, bins of the searched half range
 
 
 class CalibrationError(ValueError):
@@ -146,6 +157,32 @@ def _excluded(proto: Any, options: Int8Options, num_classes: int) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def entropy_ranges(model_path: Path, reader: Any, folder: Path) -> Path:
+    """Entropy-calibrated activation ranges of ``model_path`` over ``reader``'s batches, saved
+    as the calibration cache ``quantize_static`` reads instead of calibrating itself."""
+    import inspect
+
+    from onnxruntime.quantization import CalibrationMethod, quantize_static
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
+        raise CalibrationError(
+            "--method entropy needs an onnxruntime whose quantize_static takes calibration_cache_path "
+            "(1.32 or newer); its own entropy calibrator gives minmax's ranges"
+        )
+    calibrator = create_calibrator(
+        model_path,
+        QUANTIZED_OPS,
+        augmented_model_path=str(folder / "augmented.onnx"),
+        calibrate_method=CalibrationMethod.Entropy,
+        extra_options=dict(ENTROPY_BINS),
+    )
+    calibrator.collect_data(reader)
+    cache = folder / "entropy-ranges.json"
+    save_tensors_data(calibrator.compute_data(), cache)
+    return cache
+
+
 def quantize_int8(proto: Any, card: ModelCard, options: Int8Options) -> tuple[Any, dict[str, Any]]:
     """The FP32 graph (card attached, probs output) -> the Q/DQ INT8 graph, and what
     to record in the card about its calibration."""
@@ -195,6 +232,9 @@ def quantize_int8(proto: Any, card: ModelCard, options: Int8Options) -> tuple[An
                 return None if batch is None else {input_name: batch}
 
         out_path = Path(tmp) / "int8.onnx"
+        ranges: dict[str, Any] = {}
+        if options.method == "entropy":
+            ranges["calibration_cache_path"] = entropy_ranges(prepared_path, Reader(), Path(tmp))
         quantize_static(
             str(prepared_path),
             str(out_path),
@@ -208,6 +248,7 @@ def quantize_int8(proto: Any, card: ModelCard, options: Int8Options) -> tuple[An
             nodes_to_exclude=excluded,
             calibrate_method=method,
             extra_options={"ActivationSymmetric": options.format == "s8s8", "WeightSymmetric": True},
+            **ranges,
         )
         quantized = onnx.load_model(str(out_path))
     record = {

@@ -19,6 +19,14 @@ ROOT = Path(__file__).resolve().parents[1]
 MEMBRANE = Path(os.environ.get("FCNX_MEMBRANE", ROOT.parent / "shared" / "data" / "membrane"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def user_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every test's "user cache folder" (OpenVINO's model cache) is a temp folder, never the real one."""
+    folder = tmp_path_factory.mktemp("xdg-cache")
+    os.environ["XDG_CACHE_HOME"] = str(folder)
+    return folder
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--require-gpu", action="store_true", help="fail, not skip, gpu/tensorrt tests")
     parser.addoption("--run-slow", action="store_true", help="run tests marked slow")

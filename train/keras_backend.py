@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from fcnx.runtime.backends.base import Backend
+from fcnx.runtime.backends.base import Backend, BackendError
 from fcnx.runtime.card import ModelCard, default_palette
 from fcnx.runtime.predict.segmenter import mask_from_probs
 
@@ -34,10 +34,26 @@ def card_for(model: Any, card: ModelCard | None) -> ModelCard:
     )
 
 
+def bfloat16_twin(model: Any, card: ModelCard) -> Any:
+    """The same network and weights built under Keras's ``mixed_bfloat16`` policy (bfloat16
+    compute, float32 weights and probabilities), as ``fcnx train --precision mixed_bfloat16``
+    builds it: from the card's model config."""
+    from .config import ModelConfig
+    from .models import build_fcn
+
+    if not card.model_config:
+        raise BackendError(
+            "keras-bf16 rebuilds the network from its run's card (model_config), and this model has none"
+        )
+    twin = build_fcn(ModelConfig(**card.model_config), "mixed_bfloat16")
+    twin.set_weights(model.get_weights())
+    return twin
+
+
 class KerasBackend(Backend):
     """``infer(uint8 (N, H, W, C)) -> {"probs": float32, "mask": uint8}``, through
     ``model.predict_on_batch`` (the graph-compiled path, without ``predict``'s per-call
-    dataset setup)."""
+    dataset setup). ``keras-bf16``: the same weights under the ``mixed_bfloat16`` policy."""
 
     def __init__(
         self,
@@ -58,9 +74,16 @@ class KerasBackend(Backend):
         else:
             super().__init__(path)
             self.model = model
+        if name not in ("keras", "keras-bf16"):
+            raise BackendError(f"unknown Keras backend {name!r}; keras or keras-bf16")
         self.card = card_for(self.model, card)
-        self.name = "keras"
-        self.provider = f"keras {keras.__version__} ({keras.backend.backend()})"
+        policy = "float32"
+        if name == "keras-bf16":
+            self.model = bfloat16_twin(self.model, self.card)
+            self.card = self.card.replace(precision="bf16")
+            policy = "mixed_bfloat16"
+        self.name = name
+        self.provider = f"keras {keras.__version__} ({keras.backend.backend()}, {policy})"
         self.max_batch: int | None = None
         self.fixed_batch = False
         shape = self.model.inputs[0].shape

@@ -1,5 +1,5 @@
-"""fcnx export {onnx,engine,triton}: Keras -> ONNX (FP32/FP16/INT8, parity-checked) -> TensorRT engine
--> Triton Inference Server model repository."""
+"""fcnx export {onnx,openvino,engine,triton}: Keras -> ONNX (FP32/FP16/INT8, parity-checked) or OpenVINO IR
+(FP32/BF16/INT8, parity-checked) -> TensorRT engine -> Triton Inference Server model repository."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 
 from fcnx.export.engine import EngineBuildConfig
 from fcnx.export.onnx_export import OnnxExportConfig
+from fcnx.export.openvino_export import OpenvinoExportConfig
 from fcnx.export.triton import TritonRepoConfig
 from fcnx.runtime.flags import add_dataclass_flags, dataclass_from_args
 
@@ -24,6 +25,17 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     onnx.add_argument("model", help="a .keras file or a run folder (its best.keras)")
     onnx.add_argument("-o", "--out", required=True, help="the .onnx file to write")
     add_dataclass_flags(onnx, OnnxExportConfig)
+    openvino = sub.add_parser(
+        "openvino",
+        help="Keras .keras (or run folder) -> OpenVINO IR (.xml + .bin), parity-checked against Keras",
+        description="fcnx's ONNX export, then openvino.convert_model (INT8: NNCF post-training "
+        "quantization), the model card and inference precision in the IR's rt_info, parity proven on the "
+        "ov-cpu backend, then the .bin and the .xml written. Over budget: nothing is written, exit 1. "
+        'Needs pip install "fcnx[openvino-export]".',
+    )
+    openvino.add_argument("model", help="a .keras file or a run folder (its best.keras)")
+    openvino.add_argument("-o", "--out", required=True, help="the .xml file to write (its .bin beside it)")
+    add_dataclass_flags(openvino, OpenvinoExportConfig)
     engine = sub.add_parser(
         "engine",
         help="fcnx ONNX -> TensorRT engine (needs TensorRT and an NVIDIA GPU)",
@@ -67,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
         )
         return 0
 
+    if args.format == "openvino":
+        return _run_openvino(args)
+
     if args.format == "triton":
         return _run_triton(args)
 
@@ -80,6 +95,26 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {result['path']} and {result['sidecar']} in {result['seconds']:.0f} s on {result['gpu']}")
     if result["note"]:
         print(f"note: {result['note']}", file=sys.stderr)
+    return 0
+
+
+def _run_openvino(args: argparse.Namespace) -> int:
+    from fcnx.export.onnx_export import ParityError
+    from fcnx.export.openvino_export import export_openvino
+    from fcnx.export.parity import format_rows
+    from fcnx.runtime.cli import CommandError
+
+    config = dataclass_from_args(OpenvinoExportConfig, args, model=args.model, out=args.out)
+    try:
+        result = export_openvino(config)
+    except ParityError as exc:
+        print(format_rows(exc.rows))
+        raise CommandError(str(exc), 1) from None
+    print(format_rows(result["parity"]))
+    print(
+        f"\nwrote {result['bin']} and {result['path']} ({result['bytes'] / 2**20:.1f} MiB, {result['precision']}, "
+        f"outputs {', '.join(result['outputs'])}) in {result['convert_seconds']:.1f} s"
+    )
     return 0
 
 

@@ -52,7 +52,7 @@ class Backend(ABC):
     (after ``super().__init__(path)``) and implement ``_infer``; ``_release`` frees what
     they hold."""
 
-    name: str  # the registry's name: "ort-cpu", "ort-cuda", "ort-trt", "trt", "keras"
+    name: str  # the registry's name: "ort-cpu", "ort-cuda", "ort-trt", "ov-cpu", "trt", "keras", "keras-bf16"
     provider: str  # what actually runs it: "CPUExecutionProvider", "TensorRT 10.13.0", "keras 3.15.1 ..."
     card: ModelCard
     max_batch: int | None = None  # None: any batch size
@@ -95,8 +95,14 @@ class Backend(ABC):
         self.check(batch)
         return self._infer(batch)
 
+    @property
+    def requests_in_flight(self) -> int:
+        """Batches ``infer_stream`` keeps in flight at once (OpenVINO: its infer requests)."""
+        return 1
+
     def infer_stream(self, batches: Iterable[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        """Run batches in order, one ``infer`` each (TensorRT overlaps copies and compute)."""
+        """Run batches in order, one ``infer`` each (TensorRT overlaps copies and compute,
+        OpenVINO keeps several infer requests in flight)."""
         for batch in batches:
             yield self.infer(batch)
 

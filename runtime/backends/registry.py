@@ -25,7 +25,7 @@ from .base import Backend, BackendError, MissingExtra
 
 @dataclass(frozen=True)
 class ModelKind:
-    name: str  # "onnx" | "engine" | "keras"
+    name: str  # "onnx" | "openvino" | "engine" | "keras"
     suffixes: tuple[str, ...]  # file suffixes of this kind (a training run folder is "keras")
     what: str  # for messages
 
@@ -43,18 +43,23 @@ class BackendSpec:
 
 MODEL_KINDS: tuple[ModelKind, ...] = (
     ModelKind("onnx", (".onnx",), "an ONNX file from fcnx export onnx"),
+    ModelKind("openvino", (".xml",), "an OpenVINO IR (.xml + .bin) from fcnx export openvino"),
     ModelKind("engine", (".engine", ".plan", ".trt"), "a TensorRT engine with its sidecar ENGINE.json"),
     ModelKind("keras", (".keras",), "a .keras file or a training run folder"),
 )
 
 _ORT = "fcnx.runtime.backends.ort:OrtBackend"
+_KERAS = "fcnx.train.keras_backend:KerasBackend"
 BACKENDS: tuple[BackendSpec, ...] = (  # auto order within a kind: first offered that starts
     BackendSpec("ort-trt", "onnx", True, _ORT, "gpu", "TensorrtExecutionProvider", "onnxruntime"),
     BackendSpec("ort-cuda", "onnx", True, _ORT, "gpu", "CUDAExecutionProvider", "onnxruntime"),
     BackendSpec("ort-cpu", "onnx", False, _ORT, "cpu", "CPUExecutionProvider", "onnxruntime"),
+    BackendSpec("ov-cpu", "openvino", False, "fcnx.runtime.backends.ov:OvBackend", "openvino",
+                requires="openvino"),
     BackendSpec("trt", "engine", True, "fcnx.runtime.backends.trt.backend:TrtBackend", "tensorrt",
                 requires="tensorrt"),
-    BackendSpec("keras", "keras", False, "fcnx.train.keras_backend:KerasBackend", "train", requires="keras"),
+    BackendSpec("keras", "keras", False, _KERAS, "train", requires="keras"),
+    BackendSpec("keras-bf16", "keras", False, _KERAS, "train", requires="keras"),  # mixed_bfloat16 policy
 )  # fmt: skip
 
 BACKEND_NAMES = tuple(spec.name for spec in BACKENDS)
@@ -73,7 +78,7 @@ def backends_for(kind: str) -> tuple[BackendSpec, ...]:
 
 
 def model_kind(path: str | Path) -> str:
-    """ "onnx", "engine" or "keras", from the file name (a folder is a training run)."""
+    """ "onnx", "openvino", "engine" or "keras", from the file name (a folder is a training run)."""
     path = Path(path)
     if path.is_dir():
         if (path / "best.keras").is_file():
@@ -134,7 +139,7 @@ def create(spec: BackendSpec, path: Path, options: Any = None) -> Backend:
 
 def load(path: str | Path, backend: str = "auto", options: Any = None) -> Backend:
     """The backend for ``path``; ``backend`` is "auto" or a name of ``BACKENDS``.
-    ``options`` (an ``OrtOptions``) tunes the onnxruntime backends."""
+    ``options`` (an ``OrtOptions``, or an ``OvOptions`` for ov-cpu) tunes the backend."""
     path = Path(path)
     if backend != "auto":
         backend_spec(backend)  # an unknown name is an error before anything else
@@ -165,6 +170,6 @@ def load(path: str | Path, backend: str = "auto", options: Any = None) -> Backen
                 raise
             notes.append(f"{spec.name}: {exc}")
             continue
-        chosen.notes = notes
+        chosen.notes = notes + chosen.notes  # what was skipped, then the backend's own (compiles)
         return chosen
     raise BackendError(f"{path}: no backend loads {kind} models")  # unreachable: every kind has one

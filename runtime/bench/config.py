@@ -15,7 +15,10 @@ from .timing import TimingConfig
 @dataclass(frozen=True)
 class BenchConfig:
     models: tuple[str, ...] = opt((), ".keras / run folders, .onnx (any precision), .engine", cli=False)
-    backends: str = opt("keras,ort-cpu", "comma-separated: keras, ort-cpu, ort-cuda, ort-trt, trt")
+    backends: str = opt(
+        "keras,keras-bf16,ort-cpu,ov-cpu",
+        "comma-separated: keras, keras-bf16, ort-cpu, ort-cuda, ort-trt, ov-cpu, trt",
+    )
     batch: str = opt("1,8", "comma-separated batch sizes")
     data: str | None = opt(
         None, "time real images from this folder (image/ inside, or images)", metavar="DIR"
@@ -83,8 +86,10 @@ class BenchRow:
     gflops_per_image: float | None = None
     gflops_per_second: float | None = None
     percent_of_peak: float | None = None
-    vs_keras: float | None = None  # images/s over the same-arch keras row at this batch
+    vs_keras: float | None = None  # images/s over the faster same-arch keras / keras-bf16 row at this batch
     vs_raw: float | None = None  # pipeline rows: images/s over the raw row
+    in_flight: int = 1  # batches in flight while images/s was timed (infer_stream); latencies: one at a time
+    notes: list[str] = field(default_factory=list)  # the backend's own: compiles and model cache
     latencies_ms: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..atomic import atomic_path, atomic_write_text
 from .config import BenchRow
+from .machine import describe_flags
 
 COLUMNS = [
     ("model", "model"), ("backend", "backend"), ("precision", "prec"), ("mode", "mode"), ("batch", "batch"),
@@ -68,11 +69,13 @@ def table(report: dict[str, Any], markdown: bool = False, columns: Columns = COL
 def describe_run(report: dict[str, Any]) -> str:
     machine = report["machine"]
     parts = [f"{machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB"]
+    if machine.get("cpu_flags"):
+        parts.append(f"CPU flags: {describe_flags(machine['cpu_flags'])}")
     if machine.get("gpus"):
         parts.append(", ".join(machine["gpus"]))
     versions = machine.get("versions", {})
-    libs = ", ".join(f"{k} {v}" for k, v in versions.items() if k in ("onnxruntime", "onnxruntime-gpu",
-                                                                       "tensorflow", "keras", "tensorrt"))  # fmt: skip
+    shown = ("onnxruntime", "onnxruntime-gpu", "tensorflow", "keras", "tensorrt", "openvino")
+    libs = ", ".join(f"{k} {v}" for k, v in versions.items() if k in shown)
     text = f"Machine: {'; '.join(parts)}. {libs}."
     if report.get("date"):
         text += f" Date: {report['date']}."
@@ -81,6 +84,17 @@ def describe_run(report: dict[str, Any]) -> str:
         text += (
             f" CPU FP32 matmul ceiling measured in the same run: {cpu['peak_gflops']:.0f} GFLOP/s "
             f"(numpy {cpu['numpy_gflops']:.0f}, onnxruntime {cpu['onnxruntime_gflops']:.0f})."
+        )
+    peaks = report.get("ceiling", {}).get("cpu_openvino", {}).get("peaks", {})
+    if peaks:
+        ceilings = [
+            f"{p.upper()} {v['peak_gflops']:.0f}"
+            if "peak_gflops" in v
+            else f"{p.upper()} not measured ({v['reason']})"
+            for p, v in peaks.items()
+        ]
+        text += (
+            f" Per-precision matmul ceilings through OpenVINO (GFLOP/s, INT8 GOP/s): {', '.join(ceilings)}."
         )
     gpu = report.get("ceiling", {}).get("gpu")
     if gpu and gpu.get("peak_gflops"):

@@ -3,8 +3,10 @@ size, timed side by side in one run.
 
 For each batch size all contenders are timed round-robin (bench/timing.py), so the
 "x Keras" column is a ratio measured in the same minutes on the same machine. The
-machine's ceiling (bench/ceiling.py) is measured in the same run, so every row
-also says how close it gets to this machine's matmul peak. A backend that cannot
+machine's ceilings (bench/ceiling.py FP32; bench/ov_ceiling.py FP32, BF16, INT8 through
+OpenVINO) are measured in the same run, so every row also says how close it gets to
+this machine's matmul peak in its own precision. Backends that keep several batches in
+flight (ov-cpu) get images/s from ``infer_stream`` and latencies from one-at-a-time calls. A backend that cannot
 load or fails gets a row saying why; the run goes on.
 
 ``--pipeline`` times the whole ``fcnx predict`` path (read, decode, infer, encode,
@@ -15,6 +17,8 @@ decoded: the price of the file pipeline.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import itertools
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +38,7 @@ from ..predict.segmenter import Segmenter
 from .ceiling import cpu_ceiling, gpu_ceiling
 from .config import BenchConfig, BenchRow
 from .machine import describe_machine
+from .ov_ceiling import openvino_ceilings
 from .timing import Timing, TimingConfig, time_side_by_side
 
 
@@ -79,9 +84,13 @@ def _describe(card: ModelCard, backend: Backend, size: tuple[int, int]) -> dict[
     }
 
 
-def _fill(row: BenchRow, timing: Timing, config: TimingConfig) -> None:
+def _fill(row: BenchRow, timing: Timing, config: TimingConfig, stream: Timing | None = None) -> None:
+    """The row's numbers from its timing; with ``stream``, images/s from that one (several
+    batches in flight) and the latencies still from the one-at-a-time calls."""
     summary = timing.summary(config)
     row.images_per_second = float(summary["images_per_second"])
+    if stream is not None:
+        row.images_per_second = float(stream.summary(config)["images_per_second"])
     row.p50_ms, row.p90_ms, row.p99_ms = (float(summary[k]) for k in ("p50_ms", "p90_ms", "p99_ms"))
     row.calls = int(summary["calls"])
     row.stable = bool(summary["stable"])
@@ -144,10 +153,17 @@ def _same_network_flops(rows: list[BenchRow]) -> None:
             r.gflops_per_second = round((r.gflops_per_image or 0) * r.images_per_second, 1)
 
 
+KERAS_BACKENDS = ("keras", "keras-bf16")
+
+
 def _keras_ratios(rows: list[BenchRow]) -> None:
-    keras = {
-        (r.arch, r.batch): r for r in rows if r.backend == "keras" and r.status == "ok" and r.mode == "infer"
-    }
+    """ "x Keras" against the faster of the Keras FP32 and Keras BF16 rows of the same arch and batch."""
+    keras: dict[tuple[str, int], BenchRow] = {}
+    for r in rows:
+        if r.backend in KERAS_BACKENDS and r.status == "ok" and r.mode == "infer":
+            best = keras.get((r.arch, r.batch))
+            if best is None or (r.images_per_second or 0) > (best.images_per_second or 0):
+                keras[(r.arch, r.batch)] = r
     for r in rows:
         ref = keras.get((r.arch, r.batch))
         if r.status == "ok" and r.mode == "infer" and ref is not None and ref.images_per_second:
@@ -179,12 +195,27 @@ def run_infer_rows(config: BenchConfig, contenders: list[Contender]) -> list[Ben
                 continue
             key = f"{i}:{c.backend.name}"
             calls[key], pending[key] = (call, b), row
+            if c.backend.requests_in_flight > 1:
+                row.in_flight = c.backend.requests_in_flight
+                calls[key + ":stream"] = _stream_call(c.backend, batch)
+            row.notes = list(c.backend.notes)
         if calls:
             timings = time_side_by_side(calls, timing_config)
             for key, row in pending.items():
-                _fill(row, timings[key], timing_config)
+                _fill(row, timings[key], timing_config, timings.get(key + ":stream"))
                 rows.append(row)
     return rows
+
+
+def _stream_call(backend: Backend, batch: np.ndarray) -> tuple[Callable[[], object], int]:
+    """One timed call that keeps the backend's requests busy: ``infer_stream`` over twice as
+    many batches as it has in flight (as OpenVINO's benchmark_app does); images per call."""
+    count = 2 * backend.requests_in_flight
+
+    def call() -> object:
+        return sum(1 for _ in backend.infer_stream(itertools.repeat(batch, count)))
+
+    return call, count * len(batch)
 
 
 def _pipeline_folder(
@@ -226,7 +257,7 @@ def run_pipeline_rows(config: BenchConfig, contenders: list[Contender]) -> list[
     with tempfile.TemporaryDirectory(prefix="fcnx-bench-") as tmp_name:
         tmp = Path(tmp_name)
         for i, c in enumerate(contenders):
-            if c.backend.name == "keras":
+            if c.backend.name in KERAS_BACKENDS:
                 continue
             size = native_size(c.backend, (512, 512))
             folder = _pipeline_folder(
@@ -262,6 +293,8 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     ceiling: dict[str, Any] = {}
     if config.ceiling:
         ceiling["cpu"] = cpu_ceiling()
+        if importlib.util.find_spec("openvino") is not None:
+            ceiling["cpu_openvino"] = openvino_ceilings()
         if any(backend_spec(c.backend.name).needs_gpu for c in contenders):
             ceiling["gpu"] = gpu_ceiling()
     try:
@@ -288,10 +321,24 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
 
 
 def _peak_for(row: BenchRow, ceiling: dict[str, Any]) -> float | None:
-    """The floating-point matmul ceiling of the row's device; INT8 rows have none (integer
-    dot products have another peak, so a percentage of the float one would mislead)."""
-    if row.precision == "int8":
-        return None
-    part = ceiling.get("gpu" if backend_spec(row.backend).needs_gpu else "cpu") or {}
-    value = part.get("peak_gflops")
-    return float(value) if isinstance(value, (int, float)) else None
+    """The matmul ceiling of the row's device in the row's own precision: on the CPU, FP32
+    (and FP16, which CPUs compute in FP32) from the better of numpy, onnxruntime and
+    OpenVINO, BF16 and INT8 from OpenVINO's; none when that precision's was not measured
+    (a percentage of another precision's peak would mislead)."""
+    if backend_spec(row.backend).needs_gpu:
+        value = (ceiling.get("gpu") or {}).get("peak_gflops") if row.precision != "int8" else None
+        return float(value) if isinstance(value, (int, float)) else None
+    return cpu_peaks(ceiling).get("fp32" if row.precision == "fp16" else row.precision)
+
+
+def cpu_peaks(ceiling: dict[str, Any]) -> dict[str, float]:
+    """{precision: GFLOP/s} of this run's CPU ceilings (fp32 the best of every engine's)."""
+    peaks: dict[str, float] = {}
+    openvino = (ceiling.get("cpu_openvino") or {}).get("peaks", {})
+    for precision, part in openvino.items():
+        if isinstance(part.get("peak_gflops"), (int, float)):
+            peaks[precision] = float(part["peak_gflops"])
+    fp32 = (ceiling.get("cpu") or {}).get("peak_gflops")
+    if isinstance(fp32, (int, float)):
+        peaks["fp32"] = max(float(fp32), peaks.get("fp32", 0.0))
+    return peaks

@@ -58,6 +58,31 @@ def _onnx_info(path: Path) -> dict[str, Any]:
     return info
 
 
+def _openvino_info(path: Path) -> dict[str, Any]:
+    """An IR pair: checked and compiled on ov-cpu (the precision it runs in is what it reports)."""
+    from fcnx.runtime.backends.ov import OvBackend
+
+    with OvBackend(path) as backend:
+        model = backend._model
+
+        def describe(port: Any) -> dict[str, Any]:
+            dims = [d.get_length() if d.is_static else "N" for d in port.get_partial_shape()]
+            return {
+                "name": port.get_any_name(),
+                "shape": dims,
+                "type": port.get_element_type().get_type_name(),
+            }
+
+        return {
+            "kind": "openvino",
+            "card": backend.card,
+            "inputs": [describe(p) for p in model.inputs],
+            "outputs": [describe(p) for p in model.outputs],
+            "runs_here_on": ["ov-cpu"],
+            "note": f"{backend.provider}; {'; '.join(backend.notes)}",
+        }
+
+
 def _engine_info(path: Path) -> dict[str, Any]:
     from fcnx.runtime.backends.base import BackendError
     from fcnx.runtime.backends.trt.sidecar import EngineMismatch, check_compatible, read_sidecar
@@ -140,7 +165,8 @@ def describe_model(model: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise ValueError(f"{path}: no such model file or folder")
     kind = model_kind(path)
-    info = {"onnx": _onnx_info, "engine": _engine_info, "keras": _keras_info}[kind](path)
+    readers = {"onnx": _onnx_info, "openvino": _openvino_info, "engine": _engine_info, "keras": _keras_info}
+    info = readers[kind](path)
     card = info.pop("card")
     if path.is_file():
         info["file"] = {"path": str(path), "mib": round(path.stat().st_size / 2**20, 2)}

@@ -66,7 +66,7 @@ def test_file_types(tmp_path: Path, tiny_run: Path) -> None:
         load(tmp_path / "gone.onnx")
     with pytest.raises(BackendError, match="not a training run"):
         load(tmp_path)
-    with pytest.raises(BackendError, match="a keras model runs on keras, not ort-cpu"):
+    with pytest.raises(BackendError, match="a keras model runs on keras / keras-bf16, not ort-cpu"):
         load(tiny_run, "ort-cpu")
     (tmp_path / "broken.onnx").write_bytes(b"not protobuf")
     with pytest.raises(BackendError, match=r"broken\.onnx: onnxruntime cannot load it"):
