@@ -95,12 +95,20 @@ def read_header(path: str | Path) -> Header | None:
     return _pillow_header(head) if head else None
 
 
-def opencv_pixel_limit() -> int:
-    """The largest image OpenCV decodes in this process (its environment variable, else 2^30)."""
+def _environment_limit() -> int:
     try:
         return int(os.environ.get(OPENCV_PIXELS_ENV, OPENCV_DEFAULT_PIXELS))
     except ValueError:
         return OPENCV_DEFAULT_PIXELS
+
+
+_OPENCV_PIXELS = _environment_limit()  # what OpenCV read when it loaded (it was imported just above)
+
+
+def opencv_pixel_limit() -> int:
+    """The largest image OpenCV decodes in this process: its environment variable as it
+    was when OpenCV loaded (setting it later changes nothing), else 2^30."""
+    return _OPENCV_PIXELS
 
 
 def _admit(admit: Admit, header: Header, path: Path) -> None:

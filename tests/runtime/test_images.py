@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,14 +35,20 @@ def test_a_header_over_the_max_pixels_is_refused_before_decoding(tmp_path: Path)
 
 
 def test_the_default_limit_is_opencvs_unless_raised_before_import(tmp_path: Path) -> None:
-    # 40000 x 30000 = 1.2 Gpx: under fcnx's default 2^32, over OpenCV's default 2^30
+    # 40000 x 30000 = 1.2 Gpx: under fcnx's default 2^32, over OpenCV's default 2^30 (a fresh
+    # process: the fcnx command raises OpenCV's limit, and tests import it)
     assert 2**30 < 40000 * 30000 < MAX_PIXELS
     path = tmp_path / "big.png"
     path.write_bytes(claims(40000, 30000))
-    with pytest.raises(
-        ImageError, match=r"big\.png: 40000x30000 pixels is over OpenCV's limit of 1073741824"
-    ):
-        read_image(path, 1)
+    code = (
+        "import sys; from fcnx.runtime.images import read_image, ImageError\n"
+        "try:\n    read_image(sys.argv[1], 1)\nexcept ImageError as exc:\n    print(exc)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_IO_MAX_IMAGE_PIXELS"}
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert "big.png: 40000x30000 pixels is over OpenCV's limit of 1073741824" in out.stdout, out
 
 
 def test_a_refusal_by_admit_comes_before_decoding(tmp_path: Path) -> None:
@@ -82,7 +89,7 @@ def test_the_command_raises_opencvs_pixel_limit_before_opencv_loads_and_the_libr
         "import os, sys; import fcnx.runtime; lib = os.environ.get('OPENCV_IO_MAX_IMAGE_PIXELS'); "
         "import fcnx.runtime.cli; print(lib, 'cv2' in sys.modules, os.environ['OPENCV_IO_MAX_IMAGE_PIXELS'])"
     )
-    env = {k: v for k, v in __import__("os").environ.items() if k != "OPENCV_IO_MAX_IMAGE_PIXELS"}
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_IO_MAX_IMAGE_PIXELS"}
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True, env=env
     )
