@@ -36,18 +36,14 @@ class ParityError(ExportError):
 
 
 @dataclass(frozen=True)
-class OnnxExportConfig:
+class ExportOptions:
+    """What every parity-gated export takes (``fcnx export onnx``, ``fcnx export openvino``)."""
+
     model: str = opt("", "a .keras file or a run folder", cli=False)
-    out: str = opt("", "the .onnx file to write", cli=False)
-    opset: int = opt(17, f"ONNX opset ({MIN_OPSET}..{MAX_OPSET})")
+    out: str = opt("", "the file to write", cli=False)
     batch: str = opt("dynamic", "batch axis: 'dynamic' or a fixed size N")
     size: str = opt("card", "spatial size: 'card' (the model card's), 'dynamic', or HxW like 512x512")
     output: str = opt("both", "graph outputs", choices=("both", "probs", "mask"))
-    precision: str = opt(
-        "fp32",
-        "fp32; fp16 (FP16 compute, FP32 I/O kept); int8 (calibrated Q/DQ, needs --calib)",
-        choices=("fp32", "fp16", "int8"),
-    )
     force: bool = opt(False, "overwrite an existing output file")
     data: str | None = opt(
         None, "folder of real images (image/ and optional label/) for the parity check", metavar="DIR"
@@ -57,6 +53,17 @@ class OnnxExportConfig:
         None, "int8: folder of calibration images (or a dataset with image/)", metavar="DIR"
     )
     calib_count: int = opt(64, "int8: calibration images used, at most")
+
+
+@dataclass(frozen=True)
+class OnnxExportConfig(ExportOptions):
+    out: str = opt("", "the .onnx file to write", cli=False)
+    opset: int = opt(17, f"ONNX opset ({MIN_OPSET}..{MAX_OPSET})")
+    precision: str = opt(
+        "fp32",
+        "fp32; fp16 (FP16 compute, FP32 I/O kept); int8 (calibrated Q/DQ, needs --calib)",
+        choices=("fp32", "fp16", "int8"),
+    )
     method: str = opt(
         "minmax", "int8: activation range calibration", choices=("minmax", "entropy", "percentile")
     )

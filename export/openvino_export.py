@@ -7,7 +7,8 @@ the FP32 budget); BF16 is the inference precision OpenVINO is told to run
 (``INFERENCE_PRECISION_HINT``, in the IR's ``rt_info`` with the model card). INT8 is
 NNCF post-training quantization, calibrated on images read and prepared by the
 runtime's own code exactly as for the ONNX INT8 export (``quantize.calibration_batches``),
-with chosen layers kept in float (``--ignore``: NNCF's ignored scope).
+with the decoder kept in float by default as the ONNX INT8 export keeps it
+(``--keep-float``) and chosen layers too (``--ignore``: NNCF's ignored scope).
 
 Every export proves parity against Keras with its precision's budget through the
 runtime's ``ov-cpu`` backend and writes nothing when over budget. The pair is written
@@ -36,31 +37,26 @@ from fcnx.runtime.backends.ov_ir import (
 from fcnx.runtime.card import library_versions, sha256_file
 from fcnx.runtime.flags import opt
 
-from .onnx_export import ExportError, OnnxExportConfig, ParityError, check_output_path
+from .onnx_export import ExportError, ExportOptions, OnnxExportConfig, ParityError, check_output_path
 
 
 @dataclass(frozen=True)
-class OpenvinoExportConfig:
-    model: str = opt("", "a .keras file or a run folder", cli=False)
+class OpenvinoExportConfig(ExportOptions):
     out: str = opt("", "the .xml file to write (its .bin beside it)", cli=False)
     precision: str = opt(
         "fp32",
         "fp32; bf16 (OpenVINO runs it in bfloat16: AVX512-BF16 or AMX CPUs); int8 (NNCF, needs --calib)",
         choices=tuple(INFERENCE_PRECISION),
     )
-    batch: str = opt("dynamic", "batch axis: 'dynamic' or a fixed size N")
-    size: str = opt("card", "spatial size: 'card' (the model card's), 'dynamic', or HxW like 512x512")
-    output: str = opt("both", "graph outputs", choices=("both", "probs", "mask"))
-    force: bool = opt(False, "overwrite an existing output file")
-    data: str | None = opt(
-        None, "folder of real images (image/ and optional label/) for the parity check", metavar="DIR"
+    keep_float: str = opt(
+        "decoder",
+        "int8: kept in float: decoder (transposed convs, score convs and the skip additions after them, as "
+        "fcnx export onnx keeps them by default: all of the boundary detail for ~0.1 %% of the FLOPs) or none",
+        choices=("decoder", "none"),
     )
-    parity_images: int = opt(4, "seeded random images in the parity check")
-    calib: str | None = opt(
-        None, "int8: folder of calibration images (or a dataset with image/)", metavar="DIR"
+    ignore: tuple[str, ...] = opt(
+        (), "int8: more OpenVINO node names NNCF keeps in float (its ignored scope)"
     )
-    calib_count: int = opt(64, "int8: calibration images used, at most")
-    ignore: tuple[str, ...] = opt((), "int8: OpenVINO node names NNCF keeps in float (its ignored scope)")
 
     def __post_init__(self) -> None:
         if self.out and Path(self.out).suffix.lower() != ".xml":
@@ -94,8 +90,36 @@ def import_openvino_export() -> Any:
     return openvino
 
 
+def decoder_ops(model: Any, num_classes: int) -> list[str]:
+    """The FCN decoder in an OpenVINO graph: transposed convolutions, the score convolutions
+    (as many output channels as classes) and the additions that fuse upsampled scores
+    (fed by a transposed convolution directly or through its bias addition)."""
+
+    def kind(node: Any) -> str:
+        return str(node.get_type_name())
+
+    def fed_by_deconv(node: Any, hops: int) -> bool:
+        producers = [node.input_value(i).get_node() for i in range(node.get_input_size())]
+        return any(
+            kind(p) == "ConvolutionBackpropData" or (hops and kind(p) == "Add" and fed_by_deconv(p, hops - 1))
+            for p in producers
+        )
+
+    names = []
+    for op in model.get_ordered_ops():
+        if kind(op) == "ConvolutionBackpropData":
+            names.append(op.get_friendly_name())
+        elif kind(op) == "Convolution":
+            shape = op.input(1).get_partial_shape()
+            if shape.rank.is_static and shape[0].is_static and shape[0].get_length() == num_classes:
+                names.append(op.get_friendly_name())
+        elif kind(op) == "Add" and fed_by_deconv(op, 1):
+            names.append(op.get_friendly_name())
+    return names
+
+
 def quantize_with_nncf(
-    model: Any, onnx_path: Path, config: OpenvinoExportConfig
+    model: Any, onnx_path: Path, config: OpenvinoExportConfig, num_classes: int
 ) -> tuple[Any, dict[str, Any]]:
     """NNCF post-training INT8 of the converted FP32 ``model``; calibration images from the
     runtime's own reading and preparation (as for the ONNX INT8 export)."""
@@ -114,7 +138,10 @@ def quantize_with_nncf(
     missing = [name for name in config.ignore if name not in known]
     if missing:
         raise ExportError(f"--ignore: no OpenVINO nodes named {', '.join(missing)} in the converted graph")
-    scope = nncf.IgnoredScope(names=list(config.ignore)) if config.ignore else None
+    floats = list(config.ignore)
+    if config.keep_float == "decoder":
+        floats += [name for name in decoder_ops(model, num_classes) if name not in floats]
+    scope = nncf.IgnoredScope(names=floats) if floats else None
     kwargs: dict[str, Any] = {"subset_size": len(batches)}
     if scope is not None:
         kwargs["ignored_scope"] = scope
@@ -124,7 +151,7 @@ def quantize_with_nncf(
             "tool": f"nncf {nncf.__version__} quantize (post-training, default preset)",
             "folder": str(config.calib),
             "images": len(batches),
-            "float_nodes": list(config.ignore),
+            "float_nodes": floats,
         }
     }
     return quantized, record
@@ -184,7 +211,8 @@ def export_openvino(config: OpenvinoExportConfig) -> dict[str, Any]:
         ir = ov.convert_model(str(onnx_path))
         record: dict[str, Any] = {}
         if config.precision == "int8":
-            ir, record = quantize_with_nncf(ir, onnx_path, config)
+            classes = 1 if card.output_kind == "sigmoid" else card.num_classes  # score channels
+            ir, record = quantize_with_nncf(ir, onnx_path, config, classes)
     card = card.replace(
         precision=config.precision,
         export={

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from fcnx.export.engine import EngineBuildConfig
 from fcnx.export.onnx_export import OnnxExportConfig
@@ -63,21 +65,10 @@ def run(args: argparse.Namespace) -> int:
     from fcnx.runtime.cli import CommandError
 
     if args.format == "onnx":
-        from fcnx.export.onnx_export import ParityError, export_onnx
-        from fcnx.export.parity import format_rows
+        from fcnx.export.onnx_export import export_onnx
 
         config = dataclass_from_args(OnnxExportConfig, args, model=args.model, out=args.out)
-        try:
-            result = export_onnx(config)
-        except ParityError as exc:
-            print(format_rows(exc.rows))
-            raise CommandError(str(exc), 1) from None
-        print(format_rows(result["parity"]))
-        print(
-            f"\nwrote {result['path']} ({result['bytes'] / 2**20:.1f} MiB, {result['precision']}, "
-            f"outputs {', '.join(result['outputs'])}) in {result['convert_seconds']:.1f} s"
-        )
-        return 0
+        return _run_proven(export_onnx, config, lambda r: f"wrote {r['path']}")
 
     if args.format == "openvino":
         return _run_openvino(args)
@@ -99,20 +90,26 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_openvino(args: argparse.Namespace) -> int:
-    from fcnx.export.onnx_export import ParityError
     from fcnx.export.openvino_export import export_openvino
+
+    config = dataclass_from_args(OpenvinoExportConfig, args, model=args.model, out=args.out)
+    return _run_proven(export_openvino, config, lambda r: f"wrote {r['bin']} and {r['path']}")
+
+
+def _run_proven(export: Callable[[Any], dict[str, Any]], config: Any, wrote: Callable[[dict], str]) -> int:
+    """A parity-gated export: its parity table, then what it wrote, or exit 1 over budget."""
+    from fcnx.export.onnx_export import ParityError
     from fcnx.export.parity import format_rows
     from fcnx.runtime.cli import CommandError
 
-    config = dataclass_from_args(OpenvinoExportConfig, args, model=args.model, out=args.out)
     try:
-        result = export_openvino(config)
+        result = export(config)
     except ParityError as exc:
         print(format_rows(exc.rows))
         raise CommandError(str(exc), 1) from None
     print(format_rows(result["parity"]))
     print(
-        f"\nwrote {result['bin']} and {result['path']} ({result['bytes'] / 2**20:.1f} MiB, {result['precision']}, "
+        f"\n{wrote(result)} ({result['bytes'] / 2**20:.1f} MiB, {result['precision']}, "
         f"outputs {', '.join(result['outputs'])}) in {result['convert_seconds']:.1f} s"
     )
     return 0

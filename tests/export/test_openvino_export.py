@@ -80,6 +80,8 @@ def test_int8_export_through_the_command(
         card = backend.card
         assert card.precision == "int8" and backend.precision_run == "fp32"  # the float parts stay f32
         assert card.export["calibration"]["images"] == 6
+        floats = card.export["calibration"]["float_nodes"]  # --keep-float decoder, the default
+        assert any("transpose" in name for name in floats) and any("score" in name for name in floats)
         masks = backend.infer(np.zeros((2, 64, 64, 1), np.uint8))["mask"]
     assert masks.shape == (2, 64, 64) and masks.dtype == np.uint8
     assert bin_path(out).stat().st_size < 0.5 * 4 * 4_996_326  # int8 weights, not float ones
