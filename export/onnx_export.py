@@ -48,11 +48,26 @@ class ExportOptions:
     data: str | None = opt(
         None, "folder of real images (image/ and optional label/) for the parity check", metavar="DIR"
     )
-    parity_images: int = opt(4, "seeded random images in the parity check")
+    parity_images: int | None = opt(
+        None,
+        "seeded random images in the parity check (default: 4 without --data; none with it, so that reduced "
+        "precisions are judged on real images, not on noise they were never calibrated for)",
+    )
     calib: str | None = opt(
         None, "int8: folder of calibration images (or a dataset with image/)", metavar="DIR"
     )
     calib_count: int = opt(64, "int8: calibration images used, at most")
+
+    @property
+    def random_images(self) -> int:
+        """The seeded random images parity runs: as asked, else 4 without --data, none with it."""
+        return self.parity_images if self.parity_images is not None else random_images_default(self.data)
+
+
+def random_images_default(data: str | Path | None) -> int:
+    """Random images judge numerics where there is no real data; with real images they are
+    left out: an INT8 or BF16 model is calibrated for, and judged on, what it will see."""
+    return 0 if data else 4
 
 
 @dataclass(frozen=True)
@@ -88,7 +103,7 @@ class OnnxExportConfig(ExportOptions):
         if self.batch != "dynamic" and not (self.batch.isdigit() and int(self.batch) >= 1):
             raise ExportError(f"batch must be 'dynamic' or a positive integer, got {self.batch!r}")
         parse_size(self.size)
-        if self.parity_images < 0 or (self.parity_images == 0 and not self.data):
+        if self.random_images < 0 or (self.random_images == 0 and not self.data):
             raise ExportError("the parity check needs images: --parity-images N (N >= 1) and/or --data DIR")
         if self.precision == "int8" and not self.calib:
             raise ExportError(
@@ -255,7 +270,7 @@ def export_onnx(config: OnnxExportConfig) -> dict[str, Any]:
     with atomic_path(out, suffix=".onnx") as tmp:
         onnx.save_model(proto, str(tmp))
         rows = check_against_keras(
-            model, [tmp], card, data=config.data, random_images=config.parity_images, display_names=[str(out)]
+            model, [tmp], card, data=config.data, random_images=config.random_images, display_names=[str(out)]
         )
         over = [r for r in rows if not r.passed]
         if over:

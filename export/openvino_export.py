@@ -246,7 +246,7 @@ def export_openvino(config: OpenvinoExportConfig) -> dict[str, Any]:
             [xml_tmp],
             card,
             data=config.data,
-            random_images=config.parity_images,
+            random_images=config.random_images,
             display_names=[str(out)],
         )
         over = [r for r in rows if not r.passed]

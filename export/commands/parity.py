@@ -16,7 +16,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--data", metavar="DIR", help="real images (image/, optional label/ for the mIoU change)"
     )
-    parser.add_argument("--random-images", type=int, default=4, help="seeded random images (default: 4)")
+    parser.add_argument(
+        "--random-images",
+        type=int,
+        help="seeded random images (default: 4 without --data, none with it: reduced precisions are judged on real "
+        "images)",
+    )
     add_tiling_flags(parser)
     parser.add_argument("--json", metavar="FILE", help="write the rows as JSON")
     parser.add_argument(
@@ -28,6 +33,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fcnx.export.onnx_export import random_images_default
     from fcnx.export.parity import format_rows
     from fcnx.export.parity_check import check_against_keras
     from fcnx.runtime.atomic import atomic_write_text
@@ -41,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         args.artifacts,
         card,
         data=args.data,
-        random_images=args.random_images,
+        random_images=random_images_default(args.data) if args.random_images is None else args.random_images,
         maps=args.maps,
         tile=args.tile,
         overlap=args.overlap,
