@@ -187,7 +187,8 @@ def windows(backend: Any, image: np.ndarray, arch: str) -> list[dict]:
 
 
 def speed(backend: Any, large: np.ndarray, slices: list[np.ndarray], rounds: int, arch: str) -> dict:
-    from fcnx.runtime.predict.segmenter import Segmenter, Tiled
+    from fcnx.runtime.predict.plans import Tiled
+    from fcnx.runtime.predict.segmenter import Segmenter
 
     segmenter = Segmenter(backend, batch_size=8)  # the default tile and overlap
     plan = segmenter.plan(large)

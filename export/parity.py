@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from fcnx.runtime.metrics import confusion_matrix, mean_iou, per_class_iou
-from fcnx.runtime.predict.segmenter import mask_from_probs
+from fcnx.runtime.predict.plans import mask_from_probs
 
 
 @dataclass(frozen=True)

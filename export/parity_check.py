@@ -15,7 +15,8 @@ from fcnx.runtime.backends.ort import OrtBackend
 from fcnx.runtime.backends.registry import load
 from fcnx.runtime.card import ModelCard
 from fcnx.runtime.images import dataset_images, read_image, read_label
-from fcnx.runtime.predict.segmenter import Segmenter, mask_from_probs
+from fcnx.runtime.predict.plans import mask_from_probs
+from fcnx.runtime.predict.segmenter import Segmenter
 from fcnx.train.evaluate import keras_segmenter
 from fcnx.train.labels import class_spec_from_card
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from fcnx.runtime.backends.base import Backend, BackendError
 from fcnx.runtime.card import ModelCard, default_palette
-from fcnx.runtime.predict.segmenter import mask_from_probs
+from fcnx.runtime.predict.plans import mask_from_probs
 
 from .model_file import find_card, load_keras_model, resolve_model_path
 

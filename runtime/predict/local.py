@@ -32,7 +32,8 @@ from .failures import Report, describe_error
 from .inputs import InputFile, Task
 from .memory import available_bytes, describe, image_bytes
 from .outputs import write_outputs
-from .segmenter import Output, Plan, Segmenter
+from .plans import Output, Plan
+from .segmenter import Segmenter
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,8 @@ from .config import PredictConfig
 from .failures import Report, describe_error
 from .inputs import Task
 from .outputs import output_paths, write_outputs
-from .segmenter import Plan, Segmenter
+from .plans import Plan
+from .segmenter import Segmenter
 
 __all__ = ["SegmentationPredictor", "read_images", "run_on_ray", "write_masks"]
 

@@ -37,6 +37,7 @@ import numpy as np
 
 from ..backends.base import Backend, native_size
 from ..images import mirror_pad, pad_to_multiple, to_channels, to_uint8
+from .plans import Output, Plan, Prepared, Tiled, mask_from_probs, resize, restore
 from .tiling import TTA_FLIPS, Blender, TileGrid, default_overlap, flip, parse_tile
 
 FITS = ("auto", "resize", "pad")
@@ -44,51 +45,6 @@ TTAS = tuple(TTA_FLIPS)
 DEFAULT_BATCH = 8
 DYNAMIC_TILE = (512, 512)  # a dynamic-size model's tile when its card names no size
 K = TypeVar("K")
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """One whole image ready for the model, and how to map its output back."""
-
-    image: np.ndarray  # (h, w, C) uint8, the shape the model takes
-    size: tuple[int, int]  # the original (H, W)
-    valid: tuple[int, int]  # (h, w) of the region in ``image`` that holds the (scaled) original
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.image.shape
-
-
-@dataclass(frozen=True)
-class Tiled:
-    """One image at full resolution, to run as the tiles of ``grid``."""
-
-    image: np.ndarray  # (H, W, C) uint8, the model's channels
-    grid: TileGrid
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.grid.size
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (*self.grid.tile, self.image.shape[2])
-
-
-Plan = Prepared | Tiled
-
-
-@dataclass(frozen=True)
-class Output:
-    mask: np.ndarray  # uint8 (H, W) class indices
-    probs: np.ndarray | None  # float (H, W, K) when asked for
-
-
-def _resize(array: np.ndarray, hw: tuple[int, int], interpolation: int) -> np.ndarray:
-    if array.shape[:2] == hw:
-        return array
-    out = cv2.resize(array, (hw[1], hw[0]), interpolation=interpolation)
-    return out[:, :, None] if array.ndim == 3 and out.ndim == 2 else out
 
 
 @dataclass(eq=False)
@@ -228,11 +184,11 @@ class Segmenter:
         if self.fit in ("resize", "tile") or size == self.input_hw:
             shrink = size[0] * size[1] > self.input_hw[0] * self.input_hw[1]
             method = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-            return Prepared(_resize(image, self.input_hw, method), size, self.input_hw)
+            return Prepared(resize(image, self.input_hw, method), size, self.input_hw)
         # pad: scale down only if it does not fit, keep the aspect ratio, mirror-pad the rest
         scale = min(1.0, self.input_hw[0] / size[0], self.input_hw[1] / size[1])
         valid = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
-        scaled = _resize(image, valid, cv2.INTER_AREA)
+        scaled = resize(image, valid, cv2.INTER_AREA)
         return Prepared(mirror_pad(scaled, self.input_hw), size, valid)
 
     def pieces(self, plan: Plan) -> Iterator[np.ndarray]:
@@ -394,17 +350,7 @@ class Segmenter:
             outputs = image.outputs[0]
             if not self.has_mask:
                 outputs = {**outputs, "mask": mask_from_probs(outputs["probs"])}
-        return self.restore(plan, outputs if probs else {"mask": outputs["mask"]})
-
-    @staticmethod
-    def restore(prepared: Prepared, outputs: dict[str, np.ndarray]) -> Output:
-        """A whole image's model-space outputs -> the image's own size."""
-        vh, vw = prepared.valid
-        mask = _resize(np.ascontiguousarray(outputs["mask"][:vh, :vw]), prepared.size, cv2.INTER_NEAREST)
-        probs = outputs.get("probs")
-        if probs is not None:
-            probs = _resize(np.ascontiguousarray(probs[:vh, :vw]), prepared.size, cv2.INTER_LINEAR)
-        return Output(mask, probs)
+        return restore(plan, outputs if probs else {"mask": outputs["mask"]})
 
     # -- all three ----------------------------------------------------------------------------------------
 
@@ -429,11 +375,3 @@ class Segmenter:
         (float32 (H, W, K)), each at its image's own size, in input order."""
         outputs = self.segment(images, probs)
         return [out.probs for out in outputs if out.probs is not None] if probs else [o.mask for o in outputs]
-
-
-def mask_from_probs(probs: np.ndarray) -> np.ndarray:
-    """(..., K) probabilities -> (...) uint8 class ids: argmax, or > 0.5 for one sigmoid channel.
-    The one place this is decided (the Keras backend, evaluate and parity use it too)."""
-    if probs.shape[-1] == 1:
-        return (probs[..., 0] > 0.5).astype(np.uint8)
-    return probs.argmax(axis=-1).astype(np.uint8)

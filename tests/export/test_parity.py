@@ -11,7 +11,7 @@ import pytest
 from onnx import numpy_helper
 
 from fcnx.export.parity import ParityAccumulator, boundary_band, format_rows
-from fcnx.runtime.predict.segmenter import mask_from_probs
+from fcnx.runtime.predict.plans import mask_from_probs
 
 
 def test_parity_cli_passes_on_the_export_and_fails_on_a_perturbed_copy(

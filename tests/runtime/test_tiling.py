@@ -23,7 +23,8 @@ from fcnx.runtime.images import mirror_pad
 from fcnx.runtime.predict import local
 from fcnx.runtime.predict.config import PredictConfig
 from fcnx.runtime.predict.job import predict_folder
-from fcnx.runtime.predict.segmenter import Prepared, Segmenter, Tiled
+from fcnx.runtime.predict.plans import Prepared, Tiled
+from fcnx.runtime.predict.segmenter import Segmenter
 from fcnx.runtime.predict.tiling import Blender, TileGrid, mirror_indices, parse_tile, starts
 
 from ..fakes import FakeBackend, threshold_mask
