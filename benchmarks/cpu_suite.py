@@ -120,6 +120,11 @@ def where_the_time_goes(data: Path) -> dict[str, float]:
     return {"decode_ms": round(1e3 * decode, 2), "encode_ms": round(1e3 * encode, 2), "images": len(files)}
 
 
+def shown(row: str) -> str:
+    """A parity line with its spacing collapsed and paths relative to the repository."""
+    return " ".join(row.split()).replace(str(ROOT) + "/", "")
+
+
 def missing(folder: Path, backend: str, precision: str) -> str:
     """Why a target has no row: its file was refused by its export's parity gate."""
     names = {("ov-cpu", "bf16"): "model.bf16.xml", ("ov-cpu", "int8"): "model.int8.xml",
@@ -230,7 +235,7 @@ def main() -> int:
     if parity:
         table = ["| model | file | parity row (artifact, precision, images, max/mean abs prob error, mask agreement, "
                  "edge agreement, mIoU vs Keras, mIoU change) | export time |", "|---|---|---|---|"]  # fmt: skip
-        table += [f"| {p['arch']} | {p['file']} | `{' '.join(p['row'].split()) or p['error']}` | {p['seconds']} s |"
+        table += [f"| {p['arch']} | {p['file']} | `{shown(p['row']) or p['error']}` | {p['seconds']} s |"
                   for p in parity]  # fmt: skip
         (args.results / f"{suite}_parity.md").write_text("\n".join(table) + "\n")
     print("\n".join(lines))
