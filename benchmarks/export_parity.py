@@ -80,8 +80,14 @@ def main() -> int:
                 if precision == "int8"
                 else {}
             )
-            config = OnnxExportConfig(
-                model=str(run), out=str(out), precision=precision, data=str(args.data), force=True, **extra
+            config = OnnxExportConfig(  # 4 random images as well, as its recorded results were measured
+                model=str(run),
+                out=str(out),
+                precision=precision,
+                data=str(args.data),
+                parity_images=4,
+                force=True,
+                **extra,
             )
             try:
                 result = export_onnx(config)
