@@ -17,6 +17,7 @@ the run. Planning, failures and the summary are the job's (job.py).
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -45,29 +46,77 @@ class _Decoded:
     error: str = ""
 
 
+class ByteBudget:
+    """Bytes held by the tasks in flight, granted in submission order: a task waits for
+    its turn, then until it fits (or nothing else is held: a large image always goes,
+    alone). Granting in order is what keeps it deadlock-free: every earlier task already
+    holds its bytes and a thread (the pool runs tasks first in, first out), so it finishes
+    and its bytes come back when its result is taken."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._turn = 0
+        self._closed = False
+        self._cond = threading.Condition()
+
+    def take(self, ticket: int, size: int) -> None:
+        with self._cond:
+            self._cond.wait_for(
+                lambda: (
+                    self._closed
+                    or (self._turn == ticket and (self.held == 0 or self.held + size <= self.limit))
+                )
+            )
+            self.held += size
+            self._turn += 1
+            self._cond.notify_all()
+
+    def give(self, size: int) -> None:
+        with self._cond:
+            self.held -= size
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Stop waiting (the run is over or interrupted): waiting tasks go on at once."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
 def bounded_map(
     pool: ThreadPoolExecutor,
     fn: Callable[[Any], Any],
     items: Iterator[Any],
     window: int,
-    budget: int | None = None,
+    budget: ByteBudget | None = None,
     cost: Callable[[Any], int] | None = None,
 ) -> Iterator[Any]:
     """``pool.map`` that keeps at most ``window`` tasks in flight (``Executor.map`` submits
-    everything up front, which on a million files is a million queued tasks), and at most
-    ``budget`` bytes by ``cost(item)`` (always at least one task), in order."""
-    pending: deque[tuple[Future[Any], int]] = deque()
-    held = 0
-    for item in items:
+    everything up front, which on a million files is a million queued tasks), in order.
+    With a ``budget``, each task first weighs its item (``cost``, in the worker: a file's
+    header is read there, not on the caller's thread) and waits for its bytes."""
+
+    def task(ticket: int, item: Any) -> tuple[Any, int]:
         size = cost(item) if cost is not None else 0
-        while pending and (len(pending) >= window or (budget is not None and held + size > budget)):
-            future, freed = pending.popleft()
-            held -= freed
-            yield future.result()
-        pending.append((pool.submit(fn, item), size))
-        held += size
+        if budget is not None:
+            budget.take(ticket, size)
+        return fn(item), size
+
+    pending: deque[Future[tuple[Any, int]]] = deque()
+
+    def oldest() -> Any:
+        result, size = pending.popleft().result()
+        if budget is not None:
+            budget.give(size)
+        return result
+
+    for ticket, item in enumerate(items):
+        if len(pending) >= window:
+            yield oldest()
+        pending.append(pool.submit(task, ticket, item))
     while pending:
-        yield pending.popleft()[0].result()
+        yield oldest()
 
 
 def run_local(
@@ -101,7 +150,7 @@ def run_local(
         except Exception as exc:  # one bad file never stops the run
             return _Decoded(item, paths, error=describe_error(exc))
 
-    def read_cost(task: Task) -> int:
+    def read_cost(task: Task) -> int:  # in a reader thread
         header = read_header(task[0].path)
         return header.pixels * (header.bytes_per_pixel + channels) if header else 0
 
@@ -135,11 +184,15 @@ def run_local(
                 yield replace(d, plan=None), result  # the writers need the input only for an overlay
 
     window = max(2 * segmenter.batch_size, 4 * config.workers)
-    budget = config.read_ahead << 20
+    read_budget, write_budget = ByteBudget(config.read_ahead << 20), ByteBudget(config.read_ahead << 20)
     with (
         ThreadPoolExecutor(config.workers, thread_name_prefix="fcnx-read") as readers,
         ThreadPoolExecutor(config.workers, thread_name_prefix="fcnx-write") as writers,
     ):
-        decoded = bounded_map(readers, read, iter(tasks), window, budget, read_cost)
-        for d, error in bounded_map(writers, write, inferred(decoded), window, budget, write_cost):
-            report(d.item.path, "write", error)
+        try:
+            decoded = bounded_map(readers, read, iter(tasks), window, read_budget, read_cost)
+            for d, error in bounded_map(writers, write, inferred(decoded), window, write_budget, write_cost):
+                report(d.item.path, "write", error)
+        finally:  # an interrupted run: no task left waiting for bytes, so the pools can wind down
+            read_budget.close()
+            write_budget.close()
