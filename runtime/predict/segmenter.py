@@ -226,9 +226,7 @@ class Segmenter:
         group: list[tuple[_Image[K], np.ndarray]] = []
 
         def flush() -> np.ndarray:
-            batch = np.stack([piece for _, piece in group])
-            if self.backend.fixed_batch and len(group) < self.batch_size:
-                batch = np.concatenate([batch, np.repeat(batch[-1:], self.batch_size - len(group), axis=0)])
+            batch = self._as_batch([piece for _, piece in group])
             pending.append(list(group))
             group.clear()
             return batch
@@ -240,12 +238,12 @@ class Segmenter:
         if group:
             yield flush()
 
-    def _infer_alone(self, pieces: list[np.ndarray]) -> dict[str, np.ndarray]:
-        """One image's pieces as a batch of their own (padded for a fixed-batch model)."""
+    def _as_batch(self, pieces: list[np.ndarray]) -> np.ndarray:
+        """Pieces of one shape stacked; a fixed-batch model gets the last one repeated to its batch."""
         batch = np.stack(pieces)
         if self.backend.fixed_batch and len(pieces) < self.batch_size:
             batch = np.concatenate([batch, np.repeat(batch[-1:], self.batch_size - len(pieces), axis=0)])
-        return self.backend.infer(batch)
+        return batch
 
     def stream(
         self,
@@ -313,7 +311,7 @@ class Segmenter:
                 end += 1
             if image.error is None:
                 try:
-                    alone = self._infer_alone([piece for _, piece in group[start:end]])
+                    alone = self.backend.infer(self._as_batch([piece for _, piece in group[start:end]]))
                 except Exception as exc:
                     image.error = exc
                     done.append(image)
