@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fcnx.runtime.atomic import replace_durably
+from fcnx.runtime.atomic import remove_stale_temps, replace_durably, temp_folder
 from fcnx.runtime.backends.ov_ir import (
     BIN_SHA_KEY,
     CARD_KEY,
@@ -235,10 +235,8 @@ def export_openvino(config: OpenvinoExportConfig) -> dict[str, Any]:
     ir.set_rt_info(INFERENCE_PRECISION[config.precision], [RT_SECTION, PRECISION_KEY])
     convert_seconds = time.perf_counter() - started
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(
-        tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent)
-    )  # removed by the next export if killed
+    remove_stale_temps(out)  # a killed export's staging folder
+    staging = temp_folder(out)  # removed by the next export if this one is killed
     try:
         xml_tmp = save_ir(ov, ir, staging, out.name)
         rows = check_against_keras(

@@ -15,6 +15,7 @@ from fcnx.runtime.backends.ort import OrtBackend
 from fcnx.runtime.backends.registry import load
 from fcnx.runtime.card import ModelCard
 from fcnx.runtime.images import dataset_images, read_image, read_label
+from fcnx.runtime.intensity import Note
 from fcnx.runtime.predict.plans import mask_from_probs
 from fcnx.runtime.predict.segmenter import Segmenter
 from fcnx.train.evaluate import keras_segmenter
@@ -26,10 +27,17 @@ DEFAULT_SIZE = (256, 256)
 
 
 def parity_images(
-    card: ModelCard, size: tuple[int, int], data: str | Path | None, random_images: int, seed: int = 0
+    card: ModelCard,
+    size: tuple[int, int],
+    data: str | Path | None,
+    random_images: int,
+    seed: int = 0,
+    intensity: str | None = None,
+    notes: Note | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray | None], list[str]]:
     """Seeded random images plus the real images of ``data/image`` (labels from
-    ``data/label`` when present, decoded with the card's label encoding), all at ``size``."""
+    ``data/label`` when present, decoded with the card's label encoding), all at ``size``;
+    16-bit images mapped by ``intensity``, else by the card (its warnings to ``notes``)."""
     h, w = size
     rng = np.random.default_rng(seed)
     images = [rng.integers(0, 256, (h, w, card.input_channels), np.uint8) for _ in range(random_images)]
@@ -41,7 +49,7 @@ def parity_images(
     files = dataset_images(folder, "images for the parity check")
     classes = class_spec_from_card(card)
     for path in files:
-        image = read_image(path, card.input_channels)
+        image = read_image(path, card.input_channels, intensity=intensity or card.intensity, note=notes)
         if image.shape[:2] != (h, w):
             image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)[..., : card.input_channels]
             image = image.reshape(h, w, card.input_channels)
@@ -107,6 +115,8 @@ def check_against_keras(
     max_maps: int = 4,
     tile: str = "auto",
     overlap: int | None = None,
+    intensity: str | None = None,
+    notes: Note | None = None,
 ) -> list[ParityRow]:
     """One judged ParityRow per artifact. An artifact that cannot be loaded or run gets
     a failing row saying why; the others are still compared. With ``maps``, the first
@@ -114,7 +124,8 @@ def check_against_keras(
     MAPS/ARTIFACT-NAME/IMAGE.png: the image in grey, red where the artifact's mask differs
     from Keras's (do FP16/INT8 flips sit on class boundaries or form blobs?). ``tile`` and
     ``overlap``: as ``fcnx predict``'s, for both the artifact and the Keras reference (the
-    images are at the artifact's input size, so by default each is one tile)."""
+    images are at the artifact's input size, so by default each is one tile). ``intensity``:
+    how 16-bit real images become 8-bit (default: the card's), its warnings to ``notes``."""
     rows: list[ParityRow] = []
     cache: dict[tuple[int, int], tuple[list[np.ndarray], list[np.ndarray | None], np.ndarray, list[str]]] = {}
     for i, artifact in enumerate(artifacts):
@@ -133,7 +144,7 @@ def check_against_keras(
             continue
         size = native_size(backend, DEFAULT_SIZE)
         if size not in cache:
-            images, truths, names = parity_images(card, size, data, random_images)
+            images, truths, names = parity_images(card, size, data, random_images, 0, intensity, notes)
             reference = keras_segmenter(model, card, tile=tile, overlap=overlap).predict(images, probs=True)
             cache[size] = (images, truths, np.stack(reference), names)
         images, truths, reference, names = cache[size]

@@ -107,7 +107,7 @@ def calibration_batches(fp32_path: Path, options: Int8Options) -> list[np.ndarra
         if len(batches) == options.count:
             break
         try:
-            image = read_image(path, backend.card.input_channels)
+            image = read_image(path, backend.card.input_channels, intensity=backend.card.intensity)
         except ImageError as exc:
             skipped.append(str(exc))
             continue

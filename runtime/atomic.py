@@ -11,12 +11,27 @@ import contextlib
 import fnmatch
 import glob
 import os
+import re
 import secrets
 import shutil
 import signal
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+
+# What fcnx names its temps: ``.NAME.[TAG-]<12 hex>SUFFIX`` beside NAME (files from
+# ``atomic_path``, folders from ``temp_folder``). Clean-up removes only names of this
+# shape: a user's own ``.NAME.swp`` or ``.NAME.bak`` beside an fcnx file is never touched.
+_TEMP_TAIL = r"\.(?:[0-9A-Za-z_]+-)?[0-9a-f]{12}(?:\.[0-9A-Za-z_.]+)?"
+_ANY_TEMP = re.compile(r"\..+" + _TEMP_TAIL, re.DOTALL)
+
+
+def is_temp_name(name: str, of: str | None = None) -> bool:
+    """Whether ``name`` is a temp fcnx creates (for the file named ``of``, when given)."""
+    if of is None:
+        return _ANY_TEMP.fullmatch(name) is not None
+    return re.fullmatch(r"\." + re.escape(of) + _TEMP_TAIL, name, re.DOTALL) is not None
 
 
 @contextlib.contextmanager
@@ -74,18 +89,45 @@ def _fault_point(moment: str, path: Path) -> None:
 
 
 def remove_stale_temps(path: str | Path) -> int:
-    """Remove what killed writes of ``path`` left beside it (``.NAME.*``: temp files, and the
-    temp folders of a Triton repository); returns how many. A writer calls it before it
-    writes ``path`` again (a SIGKILL runs no clean-up of its own)."""
+    """Remove what killed writes of ``path`` left beside it: the temp files and temp folders
+    fcnx names ``.NAME.[TAG-]<12 hex>[SUFFIX]`` (nothing else, however it is named); returns
+    how many. A link of that name is removed as a link, never followed. A writer calls it
+    before it writes ``path`` again (a SIGKILL runs no clean-up of its own)."""
     path = Path(path)
     removed = 0
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*") if path.parent.is_dir() else ():
-        if stale.is_dir() and not stale.is_symlink():
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            stale.unlink(missing_ok=True)
+        if not is_temp_name(stale.name, of=path.name):
+            continue
+        remove_entry(stale)
         removed += 1
     return removed
+
+
+def remove_entry(entry: Path) -> None:
+    """Remove a file, a link (the link only) or a real folder (its tree, links in it not
+    followed); gone already is fine."""
+    try:
+        mode = entry.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(mode):
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        entry.unlink(missing_ok=True)
+
+
+def temp_folder(path: str | Path, suffix: str = ".tmp") -> Path:
+    """A new empty folder ``.NAME.<12 hex>SUFFIX`` beside ``path`` (mode 0700), named as
+    ``remove_stale_temps(path)`` recognises it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        folder = path.with_name(f".{path.name}.{secrets.token_hex(6)}{suffix}")
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        return folder
 
 
 def atomic_write_bytes(path: str | Path, data: bytes, tag: str = "") -> None:

@@ -3,6 +3,13 @@
 A frozen dataclass that round-trips through JSON. It lives in a run folder as
 ``card.json``, in ONNX ``metadata_props["fcnx.card"]`` and next to engines as a sidecar.
 Unknown keys are an error, never silently dropped.
+
+A card is read from files anyone can edit, so it is never believed: every field is
+checked for its type and its range when a card is made (``__post_init__``, so also by
+``from_dict`` / ``from_json``), JSON nesting is bounded before ``json.loads`` could
+recurse, and every violation is one ``CardError`` line naming the file and the field.
+Where the graph fixes its input shape, ``input_contradictions`` says what the card gets
+wrong about it (each backend calls it when it loads an artifact).
 """
 
 from __future__ import annotations
@@ -11,15 +18,28 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import platform
+import re
+import reprlib
 import types
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .intensity import IntensityError, parse_intensity
+
 CARD_VERSION = 1
 OUTPUT_KINDS = ("softmax", "sigmoid")
+INPUT_CHANNELS = (1, 3)
+INPUT_DTYPES = ("uint8",)  # the deployable graph takes uint8 images (normalization is inside it)
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # ONNX fp32/fp16/int8, OpenVINO and keras-bf16 bf16
+MAX_CLASSES = 256  # masks are uint8 class ids
+MAX_INPUT_SIDE = 2**20  # a deployed input size in pixels; beyond it a card is lying
+MAX_INPUT_MULTIPLE = 1024  # an FCN's stride (fcnx's encoders: 32)
+MAX_DEPTH = 64  # JSON nesting levels of a whole card (exports write 5)
 
 
 class CardError(ValueError):
@@ -38,6 +58,7 @@ class ModelCard:
     input_dtype: str = "uint8"
     norm_mean: float = 0.0  # the graph computes (x - mean) / std; recorded, not re-applied
     norm_std: float = 255.0
+    intensity: str = "full"  # how 16-bit images become uint8 (intensity.py); cards before it: full
     output_kind: str = "softmax"  # "softmax": probs (N,H,W,C); "sigmoid": probs (N,H,W,1)
     width: str = "slim"
     training: dict[str, Any] = field(default_factory=dict)  # data, split, metrics
@@ -49,16 +70,7 @@ class ModelCard:
     card_version: int = CARD_VERSION
 
     def __post_init__(self) -> None:
-        if len(self.classes) < 2:
-            raise CardError(f"a card needs at least 2 classes, got {list(self.classes)}")
-        if len(self.palette) != len(self.classes):
-            raise CardError(f"palette has {len(self.palette)} colours for {len(self.classes)} classes")
-        if self.input_channels not in (1, 3):
-            raise CardError(f"input_channels must be 1 or 3, got {self.input_channels}")
-        if self.output_kind not in OUTPUT_KINDS:
-            raise CardError(f"output_kind must be one of {OUTPUT_KINDS}, got {self.output_kind!r}")
-        if self.output_kind == "sigmoid" and len(self.classes) != 2:
-            raise CardError(f"a sigmoid output is binary, but the card has {len(self.classes)} classes")
+        check_fields(self)
 
     @property
     def num_classes(self) -> int:
@@ -78,41 +90,40 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], origin: str = "card") -> ModelCard:
-        reject_unknown_keys(cls, data, f"{origin}: unknown card keys")
+        """The card ``data`` describes (parsed JSON), or one CardError line starting with ``origin``."""
+        try:
+            return cls._from_dict(data)
+        except CardError as exc:
+            raise CardError(f"{origin}: {exc}") from None
+        except (TypeError, ValueError) as exc:  # a check missed something: still one line, never a traceback
+            raise CardError(f"{origin}: malformed card: {_one_line(exc)}") from None
+
+    @classmethod
+    def _from_dict(cls, data: Any) -> ModelCard:
+        if not isinstance(data, dict):
+            raise CardError(f"a card is a JSON object, got {_json_type(data)}")
         version = data.get("card_version", CARD_VERSION)
-        if not isinstance(version, int) or isinstance(version, bool):
-            raise CardError(f"{origin}: card_version must be an integer, got {version!r}")
+        if not _is_int(version) or version < 1:
+            raise CardError(f"card field card_version must be an integer >= 1, got {_shown(version)}")
         if version > CARD_VERSION:
             raise CardError(
-                f"{origin}: card version {version} is newer than this fcnx reads ({CARD_VERSION}); "
-                "upgrade fcnx"
+                f"card version {version} is newer than this fcnx reads ({CARD_VERSION}); upgrade fcnx"
             )
+        reject_unknown_keys(cls, data, "unknown card keys")
+        for f in dataclasses.fields(cls):
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            if required and f.name not in data:
+                raise CardError(f"missing card key {f.name!r}")
         values = dict(data)
-        try:
-            _check_field_types(cls, data, origin)
-            if not isinstance(data["classes"], list) or not all(isinstance(c, str) for c in data["classes"]):
-                raise CardError(f"{origin}: classes must be a list of names, got {data['classes']!r}")
-            if not isinstance(data["palette"], list):
-                raise CardError(f"{origin}: palette must be a list of [r, g, b], got {data['palette']!r}")
-            values["classes"] = tuple(data["classes"])
-            values["palette"] = tuple(_rgb(c) for c in data["palette"])
-            return cls(**values)
-        except KeyError as exc:
-            raise CardError(f"{origin}: missing card key {exc.args[0]!r}") from None
-        except (TypeError, ValueError) as exc:
-            if isinstance(exc, CardError):
-                raise CardError(f"{origin}: {exc}") from None
-            raise CardError(f"{origin}: malformed card: {exc}") from None
+        if isinstance(values["classes"], list):
+            values["classes"] = tuple(values["classes"])
+        if isinstance(values["palette"], list):
+            values["palette"] = tuple(tuple(c) if isinstance(c, list) else c for c in values["palette"])
+        return cls(**values)  # __post_init__ checks every field
 
     @classmethod
     def from_json(cls, text: str, origin: str = "card") -> ModelCard:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise CardError(f"{origin}: not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise CardError(f"{origin}: a card is a JSON object, got {type(data).__name__}")
-        return cls.from_dict(data, origin)
+        return cls.from_dict(json_object(text, origin, "card"), origin)
 
     @classmethod
     def read(cls, path: str | Path) -> ModelCard:
@@ -129,42 +140,266 @@ class ModelCard:
         atomic_write_text(path, self.to_json() + "\n")
 
 
-def _is_a(value: Any, kind: Any) -> bool:
-    if kind is type(None):
-        return value is None
-    kind = typing.get_origin(kind) or kind
-    if kind in (int, float):  # JSON has one number type; bools are not numbers here
-        return isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
-    return isinstance(value, kind)
-
-
-def _check_field_types(cls: Any, data: dict[str, Any], origin: str) -> None:
-    """Every field has its declared type (a JSON file can hold anything)."""
-    hints = typing.get_type_hints(cls)
-    for name, value in data.items():
-        if name in ("classes", "palette"):  # checked element by element
+def check_fields(card: ModelCard) -> None:
+    """Every field of ``card`` has its type and a value a deployable model can have; the
+    first one that does not is a one-line CardError naming the field (``from_dict`` puts
+    the file in front)."""
+    values = {f.name: getattr(card, f.name) for f in dataclasses.fields(card)}
+    for name, value in values.items():
+        _check_json_value(value, name)
+    hints = _field_hints(type(card))
+    for name, value in values.items():
+        if name in _RULES or name == "palette":
             continue
         hint = hints[name]
         union = typing.get_origin(hint) in (typing.Union, types.UnionType)
         allowed = typing.get_args(hint) if union else (hint,)
         if not any(_is_a(value, kind) for kind in allowed):
-            raise CardError(f"{origin}: {name} must be {hint}, got {value!r}")
+            expected = " or ".join(_TYPE_NAMES.get(typing.get_origin(k) or k, str(k)) for k in allowed)
+            raise CardError(f"card field {name} must be {expected}, got {_shown(value)}")
+        if typing.get_args(hint) == (str, str) and not all(isinstance(v, str) for v in value.values()):
+            raise CardError(f"card field {name} must be a JSON object of strings, got {_shown(value)}")
+    for name, (expected, ok) in _RULES.items():
+        if not ok(values[name]):
+            raise CardError(f"card field {name} must be {expected}, got {_shown(values[name])}")
+    classes, palette = card.classes, card.palette
+    if not isinstance(palette, tuple) or len(palette) != len(classes):
+        count = f"{len(palette)} colours" if isinstance(palette, tuple) else _shown(palette)
+        raise CardError(
+            f"card field palette must be one [r, g, b] colour per class ({len(classes)}), got {count}"
+        )
+    for colour in palette:
+        if not (
+            isinstance(colour, tuple)
+            and len(colour) == 3
+            and all(_is_int(v) and 0 <= v <= 255 for v in colour)
+        ):
+            raise CardError(
+                f"card field palette must hold [r, g, b] colours of 3 integers in 0..255, got {_shown(colour)}"
+            )
+    if card.output_kind == "sigmoid" and len(classes) != 2:
+        raise CardError(
+            f"card field output_kind is sigmoid, a binary output, but the card has {len(classes)} classes"
+        )
+    metrics = card.training.get("val_metrics", {})
+    if not isinstance(metrics, dict):
+        raise CardError(f"card field training.val_metrics must be a JSON object, got {_shown(metrics)}")
+    for key in ("miou", "pixel_accuracy", "mean_dice"):  # printed as numbers by info and reports
+        if key in metrics and not _is_number(metrics[key]):
+            raise CardError(
+                f"card field training.val_metrics.{key} must be a number, got {_shown(metrics[key])}"
+            )
 
 
-def _rgb(value: Any) -> tuple[int, int, int]:
-    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        raise ValueError(f"a palette colour is 3 integers in 0..255, got {value!r}")
-    colour = tuple(value)
-    if len(colour) != 3 or not all(0 <= v <= 255 for v in colour):
-        raise ValueError(f"a palette colour is 3 values in 0..255, got {list(value)}")
-    return (colour[0], colour[1], colour[2])
+def input_contradictions(card: ModelCard, shape: Sequence[int | None]) -> list[str]:
+    """What a graph's (N, H, W, C) input ``shape`` says against ``card``'s input size and
+    channels, one phrase each (a dynamic dim, None, says nothing). Every backend calls this
+    when it loads an artifact and reports the phrases with its file."""
+    _, height, width, channels = shape
+    problems = []
+    if channels is not None and channels != card.input_channels:
+        problems.append(f"the card says {card.input_channels} input channels, the graph has {channels}")
+    for what, said, has in (("height", card.input_height, height), ("width", card.input_width, width)):
+        if said is not None and has is not None and said != has:
+            problems.append(f"the card says input {what} {said}, the graph has {has}")
+    return problems
+
+
+def json_object(text: str, origin: str, what: str = "card") -> dict[str, Any]:
+    """``text`` parsed as one JSON object, or one CardError line starting with ``origin``.
+    Nesting deeper than MAX_DEPTH is refused before parsing: json.loads recurses once per
+    level, and a hostile file 50 000 levels deep would otherwise end in a RecursionError."""
+    if not isinstance(text, str):
+        raise CardError(f"{origin}: a {what} is JSON text, got {type(text).__name__}")
+    depth, member = json_depth(text)
+    if depth > MAX_DEPTH:
+        where = f"the {what}'s JSON" if member is None else f"{what} field {_name(member)}"
+        raise CardError(f"{origin}: {where} nests more than {MAX_DEPTH} levels deep")
+    try:
+        data = json.loads(text)
+    except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
+        raise CardError(f"{origin}: not valid JSON: {_one_line(exc)}") from None
+    if not isinstance(data, dict):
+        raise CardError(f"{origin}: a {what} is a JSON object, got {_json_type(data)}")
+    return data
+
+
+_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)  # a string or a bracket
+
+
+def json_depth(text: str, stop: int = MAX_DEPTH) -> tuple[int, str | None]:
+    """How deeply ``text`` nests JSON arrays and objects (brackets inside strings do not
+    count), and the member of the root object where it is deepest (None: not in one), found
+    without parsing and without recursion; counting stops once past ``stop``."""
+    depth = deepest = 0
+    last = member = deepest_member = None  # raw string tokens directly inside the root object
+    for match in _JSON_TOKEN.finditer(text):
+        token = match.group()
+        if token[0] == '"':
+            if depth == 1:
+                last = token
+        elif token in "[{":
+            if depth == 1:
+                member = last  # the key of a member is the root's last string before its value
+            depth += 1
+            if depth > deepest:
+                deepest, deepest_member = depth, member
+                if deepest > stop:
+                    break
+        else:
+            depth -= 1
+    if deepest_member is None or not text.lstrip().startswith("{"):
+        return deepest, None
+    try:
+        return deepest, str(json.loads(deepest_member))
+    except ValueError:
+        return deepest, None
+
+
+def _check_json_value(value: Any, name: str) -> None:
+    """``value`` is what JSON can hold (str keys; tuples count as arrays), nested so the card
+    stays within MAX_DEPTH (the card itself is level 1). Iterative: any depth, even a cycle,
+    is an error, never a RecursionError."""
+    stack: list[tuple[Any, int]] = [(value, 2)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list, tuple)):
+            if depth > MAX_DEPTH:
+                raise CardError(f"card field {name} nests more than {MAX_DEPTH} levels deep")
+            if isinstance(item, dict):
+                if not all(isinstance(k, str) for k in item):
+                    raise CardError(f"card field {name} has an object key that is not a string")
+                stack.extend((v, depth + 1) for v in item.values())
+            else:
+                stack.extend((v, depth + 1) for v in item)
+        elif not isinstance(item, (str, int, float, type(None))):
+            raise CardError(f"card field {name} holds a {type(item).__name__}, which JSON cannot")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_finite(value: Any) -> bool:
+    try:
+        return _is_number(value) and math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def _int_in(low: int, high: int) -> Callable[[Any], bool]:
+    return lambda v: _is_int(v) and low <= v <= high
+
+
+def _class_names(value: Any) -> bool:
+    return (
+        isinstance(value, tuple)
+        and 2 <= len(value) <= MAX_CLASSES
+        and all(isinstance(c, str) and c.strip() and c.isprintable() for c in value)
+        and len(set(value)) == len(value)
+    )
+
+
+def _one_of(choices: tuple[str, ...]) -> tuple[str, Callable[[Any], bool]]:
+    return f"one of {', '.join(choices)}", lambda v: isinstance(v, str) and v in choices
+
+
+def _intensity(value: Any) -> bool:
+    try:
+        return isinstance(value, str) and parse_intensity(value) is not None
+    except IntensityError:
+        return False
+
+
+def _side(value: Any) -> bool:
+    return value is None or _int_in(1, MAX_INPUT_SIDE)(value)
+
+
+# field -> (what it must be, the check); fields not here are checked by their declared type
+_RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "card_version": (f"an integer in 1..{CARD_VERSION}", _int_in(1, CARD_VERSION)),
+    "classes": (f"a list of 2 to {MAX_CLASSES} distinct, non-empty, printable names", _class_names),
+    "input_channels": ("1 or 3", lambda v: _is_int(v) and v in INPUT_CHANNELS),
+    "input_height": (f"null (any) or an integer in 1..{MAX_INPUT_SIDE}", _side),
+    "input_width": (f"null (any) or an integer in 1..{MAX_INPUT_SIDE}", _side),
+    "input_multiple": (f"an integer in 1..{MAX_INPUT_MULTIPLE}", _int_in(1, MAX_INPUT_MULTIPLE)),
+    "input_dtype": _one_of(INPUT_DTYPES),
+    "norm_mean": ("a finite number", _is_finite),
+    "norm_std": ("a finite number other than 0", lambda v: _is_finite(v) and v != 0),
+    "output_kind": _one_of(OUTPUT_KINDS),
+    "intensity": ("auto, full, bits:N (N 9..16) or percentile:P1,P2 (0 <= P1 < P2 <= 100)", _intensity),
+    "precision": _one_of(PRECISIONS),
+}
+_TYPE_NAMES: dict[Any, str] = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    dict: "a JSON object",
+    type(None): "null",
+}
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _field_hints(cls: type) -> dict[str, Any]:
+    """The dataclass's field types, resolved once (``typing.get_type_hints`` is slow)."""
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _is_a(value: Any, kind: Any) -> bool:
+    if kind is type(None):
+        return value is None
+    kind = typing.get_origin(kind) or kind
+    if kind in (int, float):  # JSON has one number type; bools are not numbers here
+        return (_is_number if kind is float else _is_int)(value)
+    return isinstance(value, kind)
+
+
+class _ShortRepr(reprlib.Repr):
+    """Short reprs with tuples shown as the JSON arrays they were read from."""
+
+    def repr_tuple(self, x: tuple[Any, ...], level: int) -> str:
+        return self.repr_list(list(x), level)
+
+
+_SHORT = _ShortRepr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 3, 60, 60
+
+
+def _shown(value: Any) -> str:
+    """``value`` for a one-line message: repr'd (so no line breaks), cut short."""
+    try:
+        return _SHORT.repr(value)
+    except ValueError:  # an int too long to print
+        return f"a {type(value).__name__}"
+
+
+def _name(key: str) -> str:
+    """A key for a message: as is when it looks like a field name, else repr'd and cut short."""
+    return key if key.isidentifier() and len(key) <= 40 else _shown(key)
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number" if _is_number(value) else type(value).__name__)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 def reject_unknown_keys(cls: Any, data: dict[str, Any], message: str) -> None:
     """Unknown keys are an error, never silently dropped (a typo or a newer writer)."""
-    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)}, key=str)
     if unknown:
-        raise CardError(f"{message} {unknown}")
+        raise CardError(f"{message} {_shown(unknown)}")
 
 
 def sha256_file(path: str | Path) -> str:

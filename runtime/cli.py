@@ -15,6 +15,7 @@ import re
 import signal
 import sys
 import threading
+import time
 
 # OpenCV refuses images over 2^30 pixels unless this is set before it is loaded (it reads
 # it once, when the library loads); fcnx's own --max-pixels guard, checked on the header,
@@ -66,6 +67,10 @@ OPTIONAL_LIBRARIES = {
 }
 
 
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
 class CommandError(Exception):
     """An expected failure: printed as one message, exit status ``code``."""
 
@@ -113,14 +118,43 @@ def _quiet_process() -> None:
 
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     warnings.filterwarnings("ignore", category=UserWarning, module="PIL")  # "Corrupt EXIF data" etc.
+    for stream in (sys.stdout, sys.stderr):  # a name of any bytes never stops a print
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
     if threading.current_thread() is threading.main_thread():
-        # `kill PID` (SIGTERM) unwinds like Ctrl-C, so temp files are removed on the way out;
-        # only SIGKILL skips that, and the next run of the same command cleans up after it
+        # `kill PID` (SIGTERM) unwinds like Ctrl-C, so temp files are removed and the summary
+        # written on the way out; only SIGKILL skips that, and the next run cleans up after it
         signal.signal(signal.SIGTERM, _terminate)
 
 
+class Terminated(KeyboardInterrupt):
+    """A SIGTERM: handled like Ctrl-C, with the exit status 128 + 15."""
+
+
 def _terminate(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
+    raise Terminated
+
+
+# After an interrupt, how long threads still working (a reader inside a slow decode, a
+# writer finishing its file) get before the process leaves without them: every file is
+# written atomically, so what one leaves is a temp the next run removes.
+THREAD_GRACE_SECONDS = 2.0
+
+
+def _leave_promptly(code: int) -> None:
+    """Exit now when threads of an interrupted run would hold the exit up (Python joins
+    every worker thread at exit, however long its task takes)."""
+    deadline = time.monotonic() + THREAD_GRACE_SECONDS
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    if any(
+        t.is_alive() and not t.daemon and t is not threading.current_thread() for t in threading.enumerate()
+    ):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 # What TensorFlow, absl and oneDNN print on every start (to the process's stderr, from C++,
@@ -169,7 +203,16 @@ def main(argv: list[str] | None = None) -> int:
     noisy = command is not None and command[1] in TF_EXTRAS and not os.environ.get("FCNX_DEBUG")
     noise = NoiseFilter(TF_NOISE) if noisy and threading.current_thread() is threading.main_thread() else None
     try:
-        return _main(argv)
+        code = _main(argv)
+        if (
+            code in (EXIT_INTERRUPTED, EXIT_TERMINATED)
+            and threading.current_thread() is threading.main_thread()
+        ):
+            if noise is not None:
+                noise.close()
+                noise = None
+            _leave_promptly(code)
+        return code
     except BrokenPipeError:  # `fcnx ... | head`: the reader left; exit quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -211,9 +254,9 @@ def _main(argv: list[str] | None = None) -> int:
         # name the file and the problem; OSErrors carry the path. One message, no traceback.
         print(f"error: {exc}\n(set FCNX_DEBUG=1 for a traceback)", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print("terminated" if isinstance(exc, Terminated) else "interrupted", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

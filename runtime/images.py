@@ -6,15 +6,20 @@ wrong, so a caller can record it and move on to the next file.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 from PIL import Image
+
+from .intensity import Intensity, Note, map_to_uint8
 
 # Decompression-bomb guard (``fcnx predict --max-pixels``): checked on the header before
 # decoding, then on the decoded size. 2^32 px (65536²) by default: what memory, not the
@@ -26,6 +31,8 @@ OPENCV_PIXELS_ENV = "OPENCV_IO_MAX_IMAGE_PIXELS"
 OPENCV_DEFAULT_PIXELS = 1 << 30
 HEADER_BYTES = 1 << 16  # enough for PNG/TIFF/BMP headers and JPEG markers up to the frame header
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TIFF_BITS_PER_SAMPLE, TIFF_MAX_SAMPLE_VALUE, TIFF_SMAX_SAMPLE_VALUE = 258, 281, 341
 
 
 class ImageError(ValueError):
@@ -44,6 +51,7 @@ class Header:
     width: int
     height: int
     bytes_per_pixel: int  # of the decoded array: bands x bytes per sample
+    significant_bits: int | None = None  # the bit depth the file records for its samples (PNG sBIT, TIFF)
 
     @property
     def pixels(self) -> int:
@@ -68,9 +76,56 @@ def _pillow_header(head: bytes) -> Header | None:
             with factory(io.BytesIO(head), "") as im:
                 bands = len(im.getbands())
                 depth = 2 if "16" in im.mode else 4 if im.mode in ("I", "F") else 1
-                return Header(int(im.size[0]), int(im.size[1]), bands * depth)
+                return Header(int(im.size[0]), int(im.size[1]), bands * depth, _significant_bits(head, im))
         except Exception:  # this plugin cannot parse it (from this prefix): the next one may
             continue
+    return None
+
+
+def png_significant_bits(head: bytes) -> int | None:
+    """The bit depth a PNG's ``sBIT`` chunk records for its colour samples (None: not a PNG,
+    or no sBIT before the image data), from the chunks in the header bytes."""
+    if not head.startswith(PNG_SIGNATURE):
+        return None
+    position, colour_type = len(PNG_SIGNATURE), -1
+    while position + 8 <= len(head):
+        length = int.from_bytes(head[position : position + 4], "big")
+        kind, data = head[position + 4 : position + 8], head[position + 8 : position + 8 + length]
+        if kind in (b"IDAT", b"IEND") or len(data) < length:
+            return None
+        if kind == b"IHDR" and length >= 10:
+            colour_type = data[9]
+        elif kind == b"sBIT":
+            # grey/colour samples, then alpha's (for colour types 4 and 6), whose depth is not the image's
+            samples = list(data[:-1] if colour_type in (4, 6) else data)
+            return max(samples) if samples and 0 < max(samples) <= 16 else None
+        position += length + 12  # length, type, data, CRC
+    return None
+
+
+def tiff_significant_bits(tags: Any) -> int | None:
+    """The bit depth a TIFF records for its samples: the bits of its SMaxSampleValue or
+    MaxSampleValue, else a BitsPerSample under 16 (16 is the container's, and says nothing)."""
+    try:
+        for tag in (TIFF_SMAX_SAMPLE_VALUE, TIFF_MAX_SAMPLE_VALUE):
+            value = tags.get(tag)
+            values = value if isinstance(value, tuple) else () if value is None else (value,)
+            top = int(max((float(v) for v in values), default=0))
+            if 0 < top < 1 << 16:
+                return top.bit_length()
+        value = tags.get(TIFF_BITS_PER_SAMPLE)
+        values = value if isinstance(value, tuple) else () if value is None else (value,)
+        bits = int(max(values, default=0))
+        return bits if 8 < bits < 16 else None
+    except (TypeError, ValueError):  # a tag of an unexpected type: the file says nothing usable
+        return None
+
+
+def _significant_bits(head: bytes, image: Image.Image) -> int | None:
+    if image.format == "PNG":
+        return png_significant_bits(head)
+    if image.format == "TIFF":
+        return tiff_significant_bits(getattr(image, "tag_v2", {}))
     return None
 
 
@@ -84,13 +139,41 @@ def _header(data: np.ndarray) -> Header | None:
     return None
 
 
+def open_regular(path: str | Path) -> io.FileIO:
+    """``path`` opened for reading if it is a regular file (links followed). The open never
+    blocks: a FIFO is opened non-blocking and refused, as are sockets and devices, with an
+    ``ImageError`` saying what it is."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # what opening a socket file gives
+            raise ImageError(path, "not a regular file (a socket)") from None
+        raise ImageError(path, f"cannot read file ({exc.strerror or exc})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kinds = {stat.S_IFIFO: "a named pipe", stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a folder"}
+        raise ImageError(path, f"not a regular file ({kinds.get(stat.S_IFMT(mode), 'a device')})")
+    os.set_blocking(fd, True)
+    return io.FileIO(fd, "rb", closefd=True)
+
+
+def read_file(path: str | Path) -> bytes:
+    """All bytes of a regular file (``open_regular``), or an ``ImageError`` naming it."""
+    with open_regular(path) as file:
+        try:
+            return file.readall()
+        except OSError as exc:
+            raise ImageError(path, f"cannot read file ({exc.strerror or exc})") from None
+
+
 def read_header(path: str | Path) -> Header | None:
     """The header of an image file from its first bytes (None: unknown, or unreadable, in
     which case reading the image says why)."""
     try:
-        with open(path, "rb") as file:
+        with open_regular(path) as file:
             head = file.read(HEADER_BYTES)
-    except OSError:
+    except (OSError, ImageError):
         return None
     return _pillow_header(head) if head else None
 
@@ -118,11 +201,10 @@ def _admit(admit: Admit, header: Header, path: Path) -> None:
         raise ImageError(path, f"not enough memory: {exc}") from None
 
 
-def _decode(path: Path, flags: int, max_pixels: int = MAX_PIXELS, admit: Admit | None = None) -> np.ndarray:
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as exc:
-        raise ImageError(path, f"cannot read file ({exc.strerror or exc})") from None
+def _decode(
+    path: Path, flags: int, max_pixels: int = MAX_PIXELS, admit: Admit | None = None
+) -> tuple[np.ndarray, Header | None]:
+    data = np.frombuffer(read_file(path), dtype=np.uint8)
     if data.size == 0:
         raise ImageError(path, "empty file (0 bytes)")
     header = _header(data)
@@ -154,15 +236,23 @@ def _decode(path: Path, flags: int, max_pixels: int = MAX_PIXELS, admit: Admit |
     if header is None and admit is not None:  # a format only OpenCV knows: checked once decoded
         bands = image.shape[2] if image.ndim == 3 else 1
         _admit(admit, Header(image.shape[1], image.shape[0], image.itemsize * bands), path)
-    return image
+    return image, header
 
 
-def to_uint8(image: np.ndarray, path: str | Path = "<array>") -> np.ndarray:
-    """8-bit as is; 16-bit scaled to 8 bits; anything else is an error."""
+def to_uint8(
+    image: np.ndarray,
+    path: str | Path = "<array>",
+    intensity: str | Intensity = "full",
+    significant_bits: int | None = None,
+    note: Note | None = None,
+) -> np.ndarray:
+    """8-bit as is; 16-bit mapped to 8 bits by ``intensity`` (intensity.py: ``auto`` uses
+    ``significant_bits``, the depth the file records; ``note`` gets its warning); anything
+    else is an error."""
     if image.dtype == np.uint8:
         return image
     if image.dtype == np.uint16:
-        return ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
+        return map_to_uint8(image, intensity, significant_bits, str(path), note)
     raise ImageError(path, f"unsupported pixel type {image.dtype} (8- or 16-bit images only)")
 
 
@@ -183,14 +273,20 @@ def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
 
 
 def read_image(
-    path: str | Path, channels: int, max_pixels: int = MAX_PIXELS, admit: Admit | None = None
+    path: str | Path,
+    channels: int,
+    max_pixels: int = MAX_PIXELS,
+    admit: Admit | None = None,
+    intensity: str | Intensity = "full",
+    note: Note | None = None,
 ) -> np.ndarray:
     """An image file as uint8 (H, W, channels), RGB order, EXIF orientation applied,
-    16-bit scaled to 8, alpha dropped. Refused before decoding: over ``max_pixels``, or
-    when ``admit(header)`` raises."""
+    16-bit mapped to 8 by ``intensity`` (with the bit depth its header records; ``note``
+    gets a one-line warning about the image, see intensity.py), alpha dropped. Refused
+    before decoding: over ``max_pixels``, or when ``admit(header)`` raises."""
     path = Path(path)
-    image = _decode(path, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR, max_pixels, admit)
-    image = to_uint8(image, path)
+    image, header = _decode(path, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR, max_pixels, admit)
+    image = to_uint8(image, path, intensity, header.significant_bits if header else None, note)
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     return to_channels(image, channels)
@@ -200,7 +296,7 @@ def read_label(path: str | Path) -> np.ndarray:
     """A label file exactly as stored: uint8 (H, W) for index/binary masks, (H, W, 3)
     RGB for colour masks. No orientation or colour conversion beyond BGR -> RGB."""
     path = Path(path)
-    label = _decode(path, cv2.IMREAD_UNCHANGED)
+    label, _ = _decode(path, cv2.IMREAD_UNCHANGED)
     if label.dtype != np.uint8:
         raise ImageError(path, f"labels must be 8-bit, got {label.dtype}")
     if label.ndim == 3:

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fcnx.runtime.flags import opt
+from fcnx.runtime.intensity import INTENSITY_HELP, parse_intensity
 
 ARCHS = ("fcn32s", "fcn16s", "fcn8s", "fcn4s", "fcn2s")
 WIDTHS = {
@@ -135,7 +136,13 @@ NO_AUGMENTATION = AugmentConfig(0.0, 0.0, 0.0, 0.0, 0.0, False, False, 0.0, 0.0,
 class TrainConfig:
     """A training run: data, schedule, loss. ``model`` and ``augment`` nest the others."""
 
-    data: str = opt("", "dataset folder with image/ and label/", cli=False)
+    data: str = opt("", "dataset folder with image/ and label/, or an image stack with --labels", cli=False)
+    labels: str | None = opt(
+        None,
+        "with DATA an image stack (a multi-page TIFF such as ISBI's train-volume.tif): its label stack "
+        "(train-labels.tif), page i the label of page i",
+        metavar="STACK",
+    )
     out: str = opt("", "run folder to write", cli=False)
     val: str | None = opt(
         None, "separate validation folder (image/, label/); default: split off --val-fraction", metavar="DIR"
@@ -145,6 +152,7 @@ class TrainConfig:
         None, "classes file: 'name' or 'name R G B' per line; default: detect 0/255 or ids", metavar="FILE"
     )
     channels: int | None = opt(None, "model input channels, 1 or 3; default: 3 if any image is colour")
+    intensity: str = opt("auto", INTENSITY_HELP + "; recorded in the model card", metavar="SPEC")
     epochs: int = opt(36, "epochs")
     steps_per_epoch: int = opt(50, "batches per epoch (random crops, so an epoch is a step count)")
     batch_size: int = opt(4, "crops per batch")
@@ -186,6 +194,7 @@ class TrainConfig:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if self.channels not in (None, 1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        parse_intensity(self.intensity, "--intensity")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.dice_weight < 0 or self.lovasz_weight < 0:
@@ -200,6 +209,7 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """The inverse of to_dict (config.json); unknown keys are errors."""
         values = dict(data)
+        values.setdefault("intensity", "full")  # a config.json from before --intensity: read as it was
         values["model"] = ModelConfig(**values.get("model", {}))
         values["augment"] = AugmentConfig(**values.get("augment", {}))
         if values.get("class_weights") is not None:

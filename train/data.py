@@ -1,8 +1,11 @@
 """Image/label folders -> validated in-memory samples -> tf.data pipelines.
 
 The layout is the write-up's: ``DATA/image/*.png`` and ``DATA/label/*.png`` paired by
-file stem. Everything is read and checked before training starts, and all problems are
-reported together, each naming its file.
+file stem. A file of either folder may be a stack (a multi-page TIFF, as ISBI 2012's
+``train-volume.tif`` / ``train-labels.tif``): page i of the image pairs with page i of the
+label of the same stem. A pair of stacks can also be given directly (``stack_pairs``).
+Everything is read and checked before training starts, and all problems are reported
+together, each naming its file (and page).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from fcnx.runtime.images import ImageError, list_images, read_image, read_label
+from fcnx.runtime.intensity import Note
 
 from .config import AugmentConfig
 from .labels import ClassSpec, LabelError, detect_classes
@@ -28,10 +32,68 @@ class DataError(ValueError):
 class Pair:
     image: Path
     label: Path
+    page: int | None = None  # a plane of a stack: page i of the image with page i of the label
 
     @property
     def name(self) -> str:
-        return self.image.stem
+        return self.image.stem if self.page is None else f"{self.image.stem}-{self.page:04d}"
+
+    @property
+    def where(self) -> str:
+        return "" if self.page is None else f" page {self.page}"
+
+
+def _is_stack(path: Path) -> bool:
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return False
+    from fcnx.runtime.arrays.source import is_array_input
+
+    return is_array_input(path)
+
+
+def _planes(path: Path) -> tuple[int, int, int]:
+    """(planes, height, width) of a stack."""
+    from fcnx.runtime.arrays.source import open_array
+
+    with open_array(str(path)) as source:
+        return source.info.planes, source.info.height, source.info.width
+
+
+def stack_pairs(image: str | Path, label: str | Path) -> list[Pair]:
+    """The pages of an image stack paired by index with the pages of its label stack (the
+    ISBI 2012 layout); a DataError naming both files when their page counts or sizes differ."""
+    image, label = Path(image), Path(label)
+    for path in (image, label):
+        if not path.is_file():
+            raise DataError(f"{path}: no such stack file")
+    try:
+        (n, h, w), (m, lh, lw) = _planes(image), _planes(label)
+    except (OSError, ValueError) as exc:
+        raise DataError(str(exc)) from None
+    if n != m:
+        raise DataError(f"{label}: {m} pages, but its image stack {image} has {n}; pages pair by index")
+    if (h, w) != (lh, lw):
+        raise DataError(f"{label}: pages are {lw}x{lh} but the image stack's ({image}) are {w}x{h}")
+    return [Pair(image, label, page) for page in range(n)]
+
+
+def _read_pair(pair: Pair, intensity: str, notes: Note | None) -> tuple[np.ndarray, np.ndarray]:
+    """The image (uint8 (H, W, 3)) and label (as stored) of a pair, a page of a stack too."""
+    if pair.page is None:
+        return read_image(pair.image, 3, intensity=intensity, note=notes), read_label(pair.label)
+    from fcnx.runtime.arrays.source import open_array
+    from fcnx.runtime.images import to_channels, to_uint8
+
+    with open_array(str(pair.image)) as source:
+        image = source.read_plane(pair.page)
+    where = f"{pair.image}{pair.where}"
+    image = to_channels(to_uint8(image, where, intensity, None, notes), 3)
+    with open_array(str(pair.label)) as source:
+        label = source.read_plane(pair.page)
+    if label.dtype != np.uint8:
+        raise ImageError(pair.label, f"page {pair.page}: labels must be 8-bit, got {label.dtype}")
+    label = label[:, :, 0] if label.shape[2] == 1 else label[:, :, :3]
+    return np.ascontiguousarray(image), np.ascontiguousarray(label)
 
 
 @dataclass
@@ -100,33 +162,66 @@ def find_pairs(folder: str | Path) -> list[Pair]:
         raise _report(problems, f"{folder}: image and label files do not pair up")
     if not images:
         raise DataError(f"{image_dir}: no images found (.png, .jpg, .tif, ...)")
-    return [Pair(images[s], labels[s]) for s in sorted(images)]
+    pairs = []
+    for stem in sorted(images):
+        image, label = images[stem], labels[stem]
+        try:
+            stacked = _is_stack(image) or _is_stack(label)
+        except (OSError, ValueError):
+            stacked = False  # not a readable TIFF: reading it reports that, naming it
+        if not stacked:
+            pairs.append(Pair(image, label))
+            continue
+        try:
+            pairs += stack_pairs(image, label)
+        except DataError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise _report(problems, f"{folder}: image and label stacks do not pair up")
+    return pairs
+
+
+def find_samples(data: str | Path, labels: str | Path | None = None) -> list[Pair]:
+    """The pairs of a dataset: a folder with image/ and label/, or with ``labels`` an image
+    stack and its label stack (pages paired by index)."""
+    return find_pairs(data) if labels is None else stack_pairs(data, labels)
 
 
 def load_samples(
-    folder: str | Path, channels: int | None = None, classes: ClassSpec | None = None
+    folder: str | Path,
+    channels: int | None = None,
+    classes: ClassSpec | None = None,
+    intensity: str = "full",
+    notes: Note | None = None,
+    labels: str | Path | None = None,
 ) -> Samples:
-    """Read and check every pair. ``channels=None`` picks 3 if any image is in colour,
-    else 1; ``classes=None`` detects the label encoding over the whole set."""
-    pairs = find_pairs(folder)
+    """Read and check every pair (of ``find_samples(folder, labels)``). ``channels=None``
+    picks 3 if any image is in colour, else 1; ``classes=None`` detects the label encoding
+    over the whole set; 16-bit images are mapped to 8 bits by ``intensity``
+    (fcnx.runtime.intensity, as ``fcnx predict`` reads them), whose warnings about an image
+    go to ``notes``."""
+    pairs = find_samples(folder, labels)
     problems: list[str] = []
     raw_images: list[np.ndarray] = []
     raw_labels: list[np.ndarray] = []
     digest = hashlib.sha256()
+    hashed: set[Path] = set()
     for pair in pairs:
         try:
-            image = read_image(pair.image, 3)
-            label = read_label(pair.label)
-        except ImageError as exc:
-            problems.append(str(exc))
+            image, label = _read_pair(pair, intensity, notes)
+        except (ImageError, ValueError, OSError) as exc:
+            problems.append(str(exc) if pair.page is None else f"{pair.image}{pair.where}: {exc}")
             continue
         if image.shape[:2] != label.shape[:2]:
             problems.append(
-                f"{pair.label}: label is {label.shape[1]}x{label.shape[0]} but its image is "
+                f"{pair.label}{pair.where}: label is {label.shape[1]}x{label.shape[0]} but its image is "
                 f"{image.shape[1]}x{image.shape[0]}"
             )
             continue
         for path in (pair.image, pair.label):
+            if path in hashed:  # a stack's bytes once
+                continue
+            hashed.add(path)
             digest.update(path.name.encode())
             digest.update(path.read_bytes())
         raw_images.append(image)

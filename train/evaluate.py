@@ -9,6 +9,7 @@ mIoU, IoU per class, pixel accuracy and Dice from one confusion matrix over all 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import numpy as np
 
 from fcnx.runtime.atomic import atomic_write_bytes
 from fcnx.runtime.card import CardError, ModelCard
+from fcnx.runtime.intensity import NoteCounter, parse_intensity
 from fcnx.runtime.metrics import confusion_matrix, summarize
 from fcnx.runtime.predict.segmenter import Segmenter
 
@@ -105,9 +107,15 @@ def evaluate(
     save_masks: str | Path | None = None,
     tile: str = "auto",
     overlap: int | None = None,
+    intensity: str | None = None,
+    labels: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a .keras model (or run folder) on DATA/image + DATA/label, tiled like
-    ``fcnx predict`` (images larger than the model's size run as overlapping tiles)."""
+    """Evaluate a .keras model (or run folder) on DATA/image + DATA/label (or on the image
+    stack DATA and its label stack ``labels``, page by page), tiled like
+    ``fcnx predict`` (images larger than the model's size run as overlapping tiles), 16-bit
+    images mapped by ``intensity``, else by the run's card (full for a bare .keras file)."""
+    if intensity:
+        parse_intensity(intensity, "--intensity")  # a malformed spec fails before anything loads
     model = load_keras_model(model_path)
     try:
         card = find_card(model_path)
@@ -118,7 +126,11 @@ def evaluate(
     else:
         classes = class_spec_from_card(card) if card else None
     channels = int(model.inputs[0].shape[-1])
-    samples = load_samples(data, channels, classes)
+    mapping = intensity or (card.intensity if card else "full")
+    notes = NoteCounter()
+    samples = load_samples(data, channels, classes, mapping, notes, labels)
+    if notes.count:
+        print(notes.line(), file=sys.stderr)
     head = "sigmoid" if int(model.outputs[0].shape[-1]) == 1 else "softmax"
     if head == "softmax" and int(model.outputs[0].shape[-1]) != samples.classes.num_classes:
         raise ValueError(
@@ -128,6 +140,7 @@ def evaluate(
     report = evaluate_samples(model, samples, batch_size, save_masks, tile, overlap, card)
     report["model"] = str(resolve_model_path(model_path))
     report["data"] = str(data)
+    report["intensity"] = mapping
     return report
 
 

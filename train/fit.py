@@ -26,8 +26,16 @@ from typing import Any
 
 import keras
 
-from fcnx.runtime.atomic import atomic_path, atomic_write_text, remove_stale_temps, replace_durably
+from fcnx.runtime.atomic import (
+    atomic_path,
+    atomic_write_text,
+    is_temp_name,
+    remove_entry,
+    remove_stale_temps,
+    replace_durably,
+)
 from fcnx.runtime.card import ModelCard, library_versions
+from fcnx.runtime.intensity import NoteCounter
 
 from .config import TrainConfig
 from .data import DataError, Samples, load_samples, split_samples, training_dataset, validation_dataset
@@ -101,8 +109,9 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         self._folder = Path(backup_dir)
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        for stale in self._folder.glob(".*"):  # temps of a save a kill interrupted
-            stale.unlink(missing_ok=True)
+        for stale in self._folder.glob(".*"):  # temps of a save a kill interrupted (fcnx's names only)
+            if is_temp_name(stale.name):
+                remove_entry(stale)
         state_path = self._folder / self.STATE
         if not state_path.is_file():
             return  # killed before the first epoch ended: the run starts from epoch 1
@@ -234,12 +243,17 @@ def flatten_config(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_training_data(config: TrainConfig) -> tuple[Samples, Samples]:
+    """The training and validation samples, 16-bit images mapped by ``--intensity`` (one
+    line on stderr when the mapping warned about any image)."""
     classes = read_classes_file(config.classes) if config.classes else None
-    samples = load_samples(config.data, config.channels, classes)
+    notes = NoteCounter()
+    samples = load_samples(config.data, config.channels, classes, config.intensity, notes, config.labels)
+    val = None
     if config.val:
-        val = load_samples(config.val, samples.images[0].shape[2], samples.classes)
-        return samples, val
-    return split_samples(samples, config.val_fraction, config.seed)
+        val = load_samples(config.val, samples.images[0].shape[2], samples.classes, config.intensity, notes)
+    if notes.count:
+        print(notes.line(), file=sys.stderr)
+    return (samples, val) if val is not None else split_samples(samples, config.val_fraction, config.seed)
 
 
 def make_card(
@@ -263,6 +277,7 @@ def make_card(
         input_multiple=stride,
         norm_mean=m.norm_mean,
         norm_std=m.norm_std,
+        intensity=config.intensity,
         output_kind=m.head,
         training={
             "data": str(Path(config.data).resolve()),

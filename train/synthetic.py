@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fcnx.runtime.atomic import atomic_write_bytes
+from fcnx.runtime.atomic import atomic_path, atomic_write_bytes
 
 
 def _smooth_field(rng: np.random.Generator, size: int, cells: int, amplitude: float) -> np.ndarray:
@@ -77,6 +77,9 @@ def _png(array: np.ndarray) -> bytes:
     return data.tobytes()
 
 
+STACK_NAMES = ("image.tif", "label.tif")
+
+
 def write_synthetic_dataset(out: str | Path, count: int = 24, size: int = 256, seed: int = 0) -> Path:
     """Write ``out/image/NNN.png`` and ``out/label/NNN.png`` (each file atomically)."""
     if count < 1:
@@ -85,9 +88,53 @@ def write_synthetic_dataset(out: str | Path, count: int = 24, size: int = 256, s
         raise ValueError(f"size must be at least 32, got {size}")
     out = Path(out)
     rng = np.random.default_rng(seed)
-    width = max(3, len(str(count - 1)))
-    for i in range(count):
+    for name in pair_names(count):
         image, label = synth_pair(size, rng)
-        atomic_write_bytes(out / "image" / f"{i:0{width}d}.png", _png(image))
-        atomic_write_bytes(out / "label" / f"{i:0{width}d}.png", _png(label))
+        atomic_write_bytes(out / "image" / name, _png(image))
+        atomic_write_bytes(out / "label" / name, _png(label))
     return out
+
+
+def pair_names(count: int) -> list[str]:
+    """The file names of a dataset of ``count`` pairs: 000.png, 001.png, ..."""
+    width = max(3, len(str(count - 1)))
+    return [f"{i:0{width}d}.png" for i in range(count)]
+
+
+def write_page_stack(path: Path, pages: list[Path]) -> None:
+    """The PNGs ``pages`` (8-bit grey, one shape) as one multi-page TIFF at ``path``, page i
+    = file i, uncompressed like the ISBI 2012 volumes; atomically, one page in memory."""
+    try:
+        import tifffile
+    except ModuleNotFoundError:
+        from fcnx.runtime.backends.base import MissingExtra
+
+        raise MissingExtra('writing TIFF stacks needs tifffile: pip install "fcnx[volumes]"') from None
+
+    def read(page: Path) -> np.ndarray:
+        array = cv2.imread(str(page), cv2.IMREAD_GRAYSCALE)
+        if array is None:
+            raise OSError(f"{page}: cannot read the PNG just written")
+        return array
+
+    first = read(pages[0])
+    with atomic_path(path, suffix=".tif") as tmp, tifffile.TiffWriter(tmp) as tif:
+        tif.write(
+            (read(page) for page in pages),
+            shape=(len(pages), *first.shape),
+            dtype=np.uint8,
+            photometric="minisblack",
+            metadata={"axes": "ZYX"},
+        )
+
+
+def write_synthetic_stacks(out: str | Path, count: int) -> tuple[Path, Path]:
+    """``out/image.tif`` and ``out/label.tif``: the ``count`` image and label PNGs that
+    ``write_synthetic_dataset`` wrote, as two multi-page TIFF stacks, page i = pair i (the
+    ISBI 2012 layout)."""
+    out = Path(out)
+    written = []
+    for folder, name in zip(("image", "label"), STACK_NAMES):
+        write_page_stack(out / name, [out / folder / page for page in pair_names(count)])
+        written.append(out / name)
+    return written[0], written[1]

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from fcnx.runtime.flags import add_tiling_flags
+from fcnx.runtime.intensity import INTENSITY_HELP, NoteCounter, parse_intensity
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -23,6 +25,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "images)",
     )
     add_tiling_flags(parser)
+    parser.add_argument(
+        "--intensity", metavar="SPEC", help=INTENSITY_HELP + " (default: the run's card; full without one)"
+    )
     parser.add_argument("--json", metavar="FILE", help="write the rows as JSON")
     parser.add_argument(
         "--maps",
@@ -40,7 +45,10 @@ def run(args: argparse.Namespace) -> int:
     from fcnx.train.keras_backend import card_for
     from fcnx.train.model_file import find_card, load_keras_model
 
+    if args.intensity:
+        parse_intensity(args.intensity, "--intensity")  # a malformed spec fails before anything loads
     model = load_keras_model(args.model)
+    notes = NoteCounter()
     card = card_for(model, find_card(args.model))
     rows = check_against_keras(
         model,
@@ -51,8 +59,12 @@ def run(args: argparse.Namespace) -> int:
         maps=args.maps,
         tile=args.tile,
         overlap=args.overlap,
+        intensity=args.intensity,
+        notes=notes,
     )
     print(format_rows(rows))
+    if notes.count:
+        print(notes.line(), file=sys.stderr)
     if args.json:
         atomic_write_text(args.json, json.dumps([r.to_dict() for r in rows], indent=2) + "\n")
     return 0 if all(r.passed for r in rows) else 1

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from fcnx.runtime.atomic import remove_stale_temps
+from fcnx.runtime.atomic import remove_stale_temps, temp_folder
 from fcnx.runtime.backends.trt.sidecar import sidecar_path
 
 from ..onnx_export import ExportError
@@ -57,9 +56,9 @@ def write_repository(config: TritonRepoConfig) -> dict[str, Any]:
 
     repo.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(target)  # what a killed export of REPO/NAME left: .NAME.*.tmp / .old folders
-    tmp = Path(tempfile.mkdtemp(prefix=f".{config.name}.", suffix=".tmp", dir=repo))
+    tmp = temp_folder(target)
     try:
-        os.chmod(tmp, 0o755)  # mkdtemp makes 0700; Triton's container user must read it
+        os.chmod(tmp, 0o755)  # made 0700; Triton's container user must read it
         (tmp / "1").mkdir()
         _copy_synced(served.path, tmp / "1" / served.filename)
         _write_synced(tmp / "config.pbtxt", text.encode("utf-8"))
@@ -95,7 +94,7 @@ def _swap_into_place(tmp: Path, target: Path, force: bool) -> None:
         return
     if not force:
         raise ExportError(f"{target}: already exists; pass --force to replace it")
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    old = temp_folder(target, ".old")
     os.rmdir(old)
     os.replace(target, old)
     try:

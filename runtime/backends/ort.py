@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..card import CardError, ModelCard
+from ..card import CardError, ModelCard, input_contradictions
 from .base import Backend, BackendError, MissingExtra
 from .registry import backend_spec, backends_for
 from .trt.sidecar import BatchProfile
@@ -173,8 +173,8 @@ def check_graph(session: Any, card: ModelCard, path: Path) -> None:
         shape, kind = list(inputs[0].shape), inputs[0].type
         if kind != "tensor(uint8)" or len(shape) != 4:
             problems.append(f"its input {inputs[0].name!r} is {kind} of rank {len(shape)}, not uint8 NHWC")
-        elif isinstance(shape[3], int) and shape[3] != card.input_channels:
-            problems.append(f"the card says {card.input_channels} input channels, the graph has {shape[3]}")
+        else:
+            problems += input_contradictions(card, [d if isinstance(d, int) else None for d in shape])
     names = [o.name for o in outputs]
     if not names or not set(names) <= {"probs", "mask"}:
         problems.append(f"the graph's outputs are {names}, an fcnx model has probs and/or mask")

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..card import CardError, ModelCard
+from ..card import CardError, ModelCard, input_contradictions
 from .base import Backend, BackendError, MissingExtra
 from .ov_ir import CARD_KEY, INFERENCE_PRECISION, PRECISION_KEY, bin_path, verify_pair
 
@@ -144,10 +144,9 @@ class OvBackend(Backend):
             shape = inputs[0].get_partial_shape()
             if inputs[0].get_element_type() != self._ov.Type.u8 or shape.rank.get_length() != 4:
                 problems.append(f"its input is {inputs[0].get_element_type()} {shape}, not uint8 NHWC")
-            elif shape[3].is_static and shape[3].get_length() != self.card.input_channels:
-                problems.append(
-                    f"the card says {self.card.input_channels} input channels, the graph has {shape[3]}"
-                )
+            else:
+                dims = [d.get_length() if d.is_static else None for d in shape]
+                problems += input_contradictions(self.card, dims)
         names = [o.get_any_name() for o in outputs]
         if not names or not set(names) <= {"probs", "mask"}:
             problems.append(f"the graph's outputs are {names}, an fcnx model has probs and/or mask")

@@ -1,20 +1,63 @@
 """fcnx info MODEL: what a model is (its card), what goes in and out, and where it can
 run on this machine (onnxruntime providers; for an engine, whether this TensorRT and
-GPU can load it). Reads files and metadata only; never needs TensorFlow."""
+GPU can load it). fcnx info STACK (a TIFF, a .zarr folder, FILE.h5[:/dataset]): what fcnx
+predict will read of it (shape, axes, dtype, chunks, pyramid levels, planes). Reads files
+and metadata only; never needs TensorFlow."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__)
-    parser.add_argument("model", help="model.onnx, model.engine, a .keras file or a training run folder")
+    parser.add_argument(
+        "model",
+        help="model.onnx, model.engine, a .keras file or a training run folder; or an array input: a "
+        "TIFF, a .zarr folder, FILE.h5[:/dataset]",
+    )
     parser.add_argument("--json", action="store_true", help="print everything as JSON")
+    parser.add_argument("--axes", default=None, help="an array input's axes, as fcnx predict --axes")
+    parser.add_argument("--level", type=int, default=0, help="an array input's pyramid level (default: 0)")
     return parser
+
+
+ARRAY_SPEC = re.compile(
+    r".+\.(?:tiff?|btf|tf8|h5|hdf5|he5)(?::/.*)?|.+\.(?:zarr|n5)/?", re.IGNORECASE | re.DOTALL
+)
+
+
+def describe_array(spec: str, axes: str | None = None, level: int = 0) -> dict[str, Any]:
+    """What fcnx predict reads of an array input, and how (planes whole or by windows)."""
+    from fcnx.runtime.arrays.source import describe, open_array
+    from fcnx.runtime.predict.volumes import WHOLE_PLANE_PIXELS
+
+    with open_array(spec, axes, level) as source:
+        info = source.info
+    whole = info.height * info.width <= WHOLE_PLANE_PIXELS
+    return {
+        "array": spec,
+        "format": info.format,
+        "axes": info.axes,
+        "shape": list(info.shape),
+        "dtype": info.dtype,
+        "chunks": list(info.chunks) if info.chunks else None,
+        "levels": [list(shape) for shape in info.levels],
+        "level": info.level,
+        "planes": info.planes,
+        "plane_axes": info.plane_axes,
+        "channels": info.channels,
+        "read": "each plane whole" if whole else "each plane by rows of tiles (windows)",
+        "summary": describe(info),
+    }
+
+
+def format_array(info: dict[str, Any]) -> str:
+    return "\n".join([info["array"], *(f"  {line}" for line in info["summary"]), f"  read: {info['read']}"])
 
 
 def _card_summary(card: Any) -> dict[str, Any]:
@@ -26,6 +69,7 @@ def _card_summary(card: Any) -> dict[str, Any]:
         "input": f"{card.input_height or 'any'}x{card.input_width or 'any'}x{card.input_channels} {card.input_dtype}",
         "output_kind": card.output_kind,
         "precision": card.precision,
+        "intensity": card.intensity,
         "val_metrics": metrics,
     }
 
@@ -182,6 +226,7 @@ def format_info(info: dict[str, Any]) -> str:
         f"  model      {card['architecture']} ({card['width']}), {card['precision']}, {card['output_kind']} output",
         f"  classes    {', '.join(card['classes'])}",
         f"  input      {card['input']}",
+        f"  16-bit     images mapped to 8-bit by {card['intensity']} (the card's; --intensity overrides it)",
     ]
     if card["val_metrics"]:
         m = card["val_metrics"]
@@ -208,6 +253,10 @@ def format_info(info: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if ARRAY_SPEC.fullmatch(args.model) and not Path(args.model).name.endswith((".onnx", ".engine")):
+        array = describe_array(args.model, args.axes, args.level)
+        print(json.dumps(array, indent=2) if args.json else format_array(array))
+        return 0
     info = describe_model(args.model)
     if args.json:
         print(json.dumps(info, indent=2, default=str))

@@ -6,13 +6,16 @@ from dataclasses import dataclass
 
 from ..backends.ort import OrtOptions
 from ..backends.registry import CHOICES
+from ..card import ModelCard
 from ..flags import opt
 from ..images import MAX_PIXELS
+from ..intensity import INTENSITY_HELP, parse_intensity
 from .outputs import FORMATS, PROBS_FORMATS
 from .segmenter import FITS, TTAS
 from .tiling import parse_tile
 
 READ_AHEAD_MIB = 1024
+OUTPUT_FORMATS = ("auto", "tiff", "zarr")  # of an array input's masks (auto: by its kind and size)
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,26 @@ class PredictConfig:
         "also write the probabilities: IMAGE.probs.npy (float16 H x W x K), or a uint8 PNG per class",
         choices=PROBS_FORMATS,
     )
+    output_format: str = opt(
+        "auto",
+        "masks of a stack, volume or huge image (runtime/arrays): a multi-page TIFF (page i = plane i) or "
+        "an OME-Zarr label image; auto: TIFF for a TIFF stack, OME-Zarr for Zarr, HDF5 and planes over "
+        "4096x4096",
+        choices=OUTPUT_FORMATS,
+    )
+    axes: str | None = opt(
+        None,
+        "the axes of an array input without axes metadata, one letter per dimension, e.g. ZYX, CZYX, TZYX "
+        "(default: the file's metadata, else YX, ZYX, CZYX, TCZYX by dimensions)",
+        metavar="AXES",
+    )
+    level: int = opt(0, "the pyramid level of an OME-TIFF/OME-Zarr input to segment (0: full size)")
     max_pixels: int = opt(MAX_PIXELS, "refuse images with more pixels than this (read from the header)")
+    intensity: str | None = opt(
+        None,
+        INTENSITY_HELP + " (default: the model card's; full for models trained before it)",
+        metavar="SPEC",
+    )
     read_ahead: int = opt(
         READ_AHEAD_MIB, "MiB of decoded images read ahead of inference (at least one image)", metavar="MIB"
     )
@@ -78,6 +100,10 @@ class PredictConfig:
         None, "--ray: CPUs per model replica (default: a local cluster's cores / --workers, else 1)"
     )
 
+    def intensity_for(self, card: ModelCard) -> str:
+        """The mapping of 16-bit images this job uses: --intensity, else the model card's."""
+        return self.intensity or card.intensity
+
     def ort_options(self, threads: int | None = None) -> OrtOptions:
         return OrtOptions(
             threads=threads or self.threads, cuda_graph=self.cuda_graph, trt_cache=self.trt_cache
@@ -89,6 +115,10 @@ class PredictConfig:
         if self.batch is not None and self.batch < 1:
             raise ValueError(f"--batch must be at least 1, got {self.batch}")
         parse_tile(self.tile)  # a malformed --tile is an error before anything runs
+        if self.intensity is not None:
+            parse_intensity(self.intensity, "--intensity")
+        if self.level < 0:
+            raise ValueError(f"--level must be at least 0, got {self.level}")
         if self.max_pixels < 1 or self.read_ahead < 1:
             raise ValueError("--max-pixels and --read-ahead must be at least 1")
         if self.threads is not None and self.threads < 1:

@@ -11,6 +11,7 @@ write ``failures.jsonl`` and ``summary.json``. A runner never repeats any of thi
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -21,15 +22,19 @@ from ..atomic import atomic_write_text
 from ..backends.base import Backend
 from ..backends.registry import load, model_kind
 from ..card import library_versions
+from ..intensity import NoteCounter, note_line
+from ..names import shown
 from .config import PredictConfig
 from .failures import FailureLog
-from .inputs import Task, check_outputs, collect_inputs
+from .inputs import InputFile, Task, check_outputs, collect_inputs
 from .local import run_local
 from .lock import OutputLock
 from .manifest import Manifest, claim_folder, fingerprint, record_outputs, remove_stale_temp_files
-from .outputs import output_paths
+from .memory import check_batch
+from .outputs import OVERLAY_SUFFIX, output_paths
 from .ray import run_on_ray
 from .segmenter import Segmenter
+from .volumes import array_summary, plan_arrays, segment_array
 
 EXIT_OK = 0
 EXIT_FAILURES = 3  # the run completed, some files failed (see failures.jsonl)
@@ -67,31 +72,81 @@ class Progress:
             self.bar.refresh()
 
     def _postfix(self) -> None:
-        shown = {"tiles": self.tiles} if self.tiles > self.bar.n else {}
-        self.bar.set_postfix(**shown, **({"failed": self.failed} if self.failed else {}), refresh=False)
+        tiles = {"tiles": self.tiles} if self.tiles > self.bar.n else {}
+        self.bar.set_postfix(**tiles, **({"failed": self.failed} if self.failed else {}), refresh=False)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
 
 
-def plan_tasks(planned: list[Task], resume: bool, counts: Counts, failures: FailureLog) -> list[Task]:
-    """What to do, decided before the first image is read: name collisions are
-    failures, inputs whose outputs all exist (resume) are skipped."""
-    claimed: dict[str, str] = {}  # output path -> the input that got it
+def _kinds(paths: list[Path]) -> list[str]:
+    """What each file of ``output_paths`` holds: the mask first, then an overlay, then
+    probabilities."""
+    return ["mask" if i == 0 else "overlay" if p.name.endswith(OVERLAY_SUFFIX) and i == 1 else "probabilities"
+            for i, p in enumerate(paths)]  # fmt: skip
+
+
+def plan_tasks(
+    out: Path, planned: list[Task], resume: bool, counts: Counts, failures: FailureLog
+) -> list[Task]:
+    """What to do, decided before the first image is read: an input any of whose outputs
+    (mask, overlay, probabilities) is also an output of an earlier input, or would be a
+    file where an earlier one needs a folder (or the reverse), is a failure naming both; so
+    is one that a link inside OUT would send outside it. Inputs whose outputs all exist
+    (resume) are skipped."""
+    claimed: dict[Path, tuple[str, str]] = {}  # output -> (what it holds, the input it is for)
+    folders: dict[Path, str] = {}  # folders below OUT that outputs need -> an input needing it
+    root = os.path.realpath(out)
+    leaves: dict[Path, str] = {}  # an output's folder -> where it really is, when outside OUT
+
+    def outside(folder: Path) -> str:
+        if folder not in leaves:
+            real = os.path.realpath(folder)
+            leaves[folder] = "" if real == root or real.startswith(root + os.sep) else real
+        return leaves[folder]
+
     tasks = []
     for item, paths in planned:
-        first = str(paths[0])
-        if first in claimed:
+        clash = ""
+        for kind, path in zip(_kinds(paths), paths, strict=True):
+            parents = [p for p in path.relative_to(out).parents if p != Path(".")]
+            if real := outside(path.parent):  # a link in OUT: writing through it would leave OUT
+                clash = (
+                    f"its {kind} {shown(path)} would be written outside OUT, through a link to {shown(real)}"
+                )
+            elif path in claimed:
+                other_kind, other = claimed[path]
+                clash = f"its {kind} {shown(path)} is also the {other_kind} of {shown(other)}"
+            elif path in folders:
+                clash = f"its {kind} {shown(path)} is a folder of the outputs of {shown(folders[path])}"
+            elif blocked := next((out / p for p in parents if out / p in claimed), None):
+                owner = claimed[blocked][1]
+                clash = (
+                    f"its {kind} {shown(path)} needs a folder where {shown(blocked)} of {shown(owner)} goes"
+                )
+            if clash:
+                break
+        if clash:
             counts.failed += 1
-            failures.record(item.path, "output", f"same output {paths[0]} as {claimed[first]}; rename one")
+            failures.record(
+                item.path, "output", clash if "through a link" in clash else f"{clash}; rename one"
+            )
             continue
-        claimed[first] = item.path
-        if resume and all(p.is_file() for p in paths):
+        for kind, path in zip(_kinds(paths), paths, strict=True):
+            claimed[path] = (kind, item.path)
+            for parent in path.relative_to(out).parents:
+                folders.setdefault(out / parent, item.path)
+        if resume and all(_complete(p) for p in paths):
             counts.skipped += 1
             continue
         tasks.append((item, paths))
     return tasks
+
+
+def _complete(path: Path) -> bool:
+    """An output in place is complete: files and array outputs' folders are put there whole."""
+    return path.is_file() or (path.suffix == ".zarr" and path.is_dir() and not path.is_symlink())
 
 
 def _driver_backend(config: PredictConfig) -> Backend:
@@ -128,14 +183,25 @@ def predict_folder(config: PredictConfig, backend: Backend | None = None) -> dic
     backend = backend or _driver_backend(config)
     try:
         segmenter = segmenter_for(backend, config)
+        check_batch(segmenter)  # once, up front: not the same failure for every image
         classes = segmenter.card_classes
-        planned = [
+        arrays = [item for item in inputs.files if item.array]
+        if arrays and config.ray:
+            raise ValueError(
+                f"{shown(arrays[0].path)}: stacks, volumes and huge images run on this machine only "
+                "(runtime/arrays); leave --ray out for them"
+            )
+        unopened: list[tuple[InputFile, str]] = []  # array inputs that cannot be opened
+        array_plans = plan_arrays(config, out, arrays, lambda item, why: unopened.append((item, why)))
+        planned: list[Task] = [
             (
                 item,
                 output_paths(out, item.relative, config.format, config.overlay, config.save_probs, classes),
             )
             for item in inputs.files
+            if not item.array
         ]
+        planned += [(plan.item, plan.outputs) for plan in array_plans]
         check_outputs(out, inputs, [p for _, paths in planned for p in paths])  # before anything is written
         if config.ray:
             backend.close()
@@ -145,7 +211,13 @@ def predict_folder(config: PredictConfig, backend: Backend | None = None) -> dic
             resume, replaced = claim_folder(out, manifest, config.overwrite)
             counts = Counts(total=len(inputs.files))
             failures = FailureLog(out)
-            tasks = plan_tasks(planned, resume, counts, failures)
+            for item, why in unopened:
+                counts.failed += 1
+                failures.record(item.path, "read", why)
+            tasks = plan_tasks(out, planned, resume, counts, failures)
+            image_tasks = [task for task in tasks if not task[0].array]
+            formats = {id(plan.item): plan for plan in array_plans}
+            array_tasks = [formats[id(item)] for item, _ in tasks if item.array]
             record_outputs(out, [p for _, paths in tasks for p in paths])  # before any is written
             progress = Progress(len(tasks), config.progress)  # the bar's rate counts real work only
 
@@ -167,15 +239,18 @@ def predict_folder(config: PredictConfig, backend: Backend | None = None) -> dic
                 "overlap": segmenter.overlap,
                 "tta": segmenter.tta,
             }
+            notes = NoteCounter()  # the 16-bit mapping's warnings: counted, the first kept
             run_started = time.perf_counter()
-            interrupted = False
+            interruption: KeyboardInterrupt | None = None  # Ctrl-C, or the CLI's SIGTERM
             try:
                 if config.ray:
-                    run_on_ray(config, segmenter, tasks, report, run, lock.run_id)
+                    run_on_ray(config, segmenter, tasks, report, run, lock.run_id, notes)
                 else:
-                    run_local(config, segmenter, tasks, report, lock.run_id, progress.pieces)
-            except KeyboardInterrupt:
-                interrupted = True
+                    run_local(config, segmenter, image_tasks, report, lock.run_id, progress.pieces, notes)
+                    for plan in array_tasks:
+                        segment_array(config, segmenter, plan, report, lock.run_id, progress.pieces, notes)
+            except KeyboardInterrupt as exc:
+                interruption = exc
             finally:
                 progress.close()
                 failures.close()
@@ -184,7 +259,7 @@ def predict_folder(config: PredictConfig, backend: Backend | None = None) -> dic
                 "counts": asdict(counts),
                 "seconds": round(seconds, 3),
                 "images_per_second": round(counts.written / seconds, 3) if seconds > 0 else None,
-                "interrupted": interrupted,
+                "interrupted": interruption is not None,
                 "out": str(config.out),
                 "model": str(config.model),
                 "model_sha256": manifest.model_sha256,
@@ -192,6 +267,12 @@ def predict_folder(config: PredictConfig, backend: Backend | None = None) -> dic
                 "workers": config.workers,
                 "format": config.format,
                 "overlay": config.overlay,
+                "arrays": array_summary(array_plans),
+                "intensity": {
+                    "mapping": config.intensity_for(segmenter.card),
+                    "from": "--intensity" if config.intensity else "model card",
+                    "warnings": notes.to_dict(),
+                },
                 "skipped_inputs": inputs.skipped,
                 "replaced_outputs_of_another_model": replaced,
                 "stale_temp_files_removed": stale,
@@ -207,8 +288,8 @@ def predict_folder(config: PredictConfig, backend: Backend | None = None) -> dic
     finally:
         if own_backend:
             backend.close()
-    if interrupted:
-        raise KeyboardInterrupt
+    if interruption is not None:
+        raise interruption
     return summary
 
 
@@ -223,14 +304,17 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"{c['written']} written, {c['skipped']} already done, {c['failed']} failed of {c['total']} "
         f"in {summary['seconds']:.1f} s ({rate or 0:.2f} images/s) on {summary['backend']} "
         f"({summary['provider']}), batch {summary['batch']}",
-        f"outputs: {summary['out']}",
+        f"outputs: {shown(summary['out'])}",
     ]
     if c["failed"]:
-        lines.append(f"failures: {Path(summary['out']) / 'failures.jsonl'}")
+        lines.append(f"failures: {shown(Path(summary['out']) / 'failures.jsonl')}")
     skipped = summary.get("skipped_inputs") or []
     if skipped:
-        shown = "; ".join(skipped[:3]) + (
+        listed = "; ".join(shown(s) for s in skipped[:3]) + (
             f"; and {len(skipped) - 3} more (summary.json)" if len(skipped) > 3 else ""
         )
-        lines.append(f"not taken as inputs: {len(skipped)} ({shown})")
+        lines.append(f"not taken as inputs: {len(skipped)} ({listed})")
+    warning = note_line(summary.get("intensity", {}).get("warnings", {}), shown)
+    if warning:
+        lines.append(warning)
     return "\n".join(lines)

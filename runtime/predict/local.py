@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..images import Header, read_header, read_image
+from ..intensity import Note
 from .config import PredictConfig
 from .failures import Report, describe_error
 from .inputs import InputFile, Task
@@ -126,12 +127,15 @@ def run_local(
     report: Report,
     run_id: str = "",
     pieces: Callable[[int], None] | None = None,
+    notes: Note | None = None,
 ) -> None:
     """Run the planned tasks; ``report`` gets each file's outcome, ``pieces`` the count of
-    tiles (or whole images) each batch took through the model."""
+    tiles (or whole images) each batch took through the model, ``notes`` the remarks of
+    the 16-bit mapping (intensity.py) about an image, from the reader threads."""
     palette = segmenter.card.palette
     probs_bytes = 2 if config.save_probs else 0  # kept as float16
     channels = segmenter.card.input_channels
+    intensity = config.intensity_for(segmenter.card)
 
     def admit(header: Header) -> None:
         need = image_bytes(segmenter, header, probs_bytes, config.overlay)
@@ -145,7 +149,7 @@ def run_local(
     def read(task: Task) -> _Decoded:
         item, paths = task
         try:
-            image = read_image(item.path, channels, config.max_pixels, admit)
+            image = read_image(item.path, channels, config.max_pixels, admit, intensity, notes)
             return _Decoded(item, paths, segmenter.plan(image, item.path), image if config.overlay else None)
         except Exception as exc:  # one bad file never stops the run
             return _Decoded(item, paths, error=describe_error(exc))
@@ -185,14 +189,16 @@ def run_local(
 
     window = max(2 * segmenter.batch_size, 4 * config.workers)
     read_budget, write_budget = ByteBudget(config.read_ahead << 20), ByteBudget(config.read_ahead << 20)
-    with (
-        ThreadPoolExecutor(config.workers, thread_name_prefix="fcnx-read") as readers,
-        ThreadPoolExecutor(config.workers, thread_name_prefix="fcnx-write") as writers,
-    ):
-        try:
-            decoded = bounded_map(readers, read, iter(tasks), window, read_budget, read_cost)
-            for d, error in bounded_map(writers, write, inferred(decoded), window, write_budget, write_cost):
-                report(d.item.path, "write", error)
-        finally:  # an interrupted run: no task left waiting for bytes, so the pools can wind down
-            read_budget.close()
-            write_budget.close()
+    readers = ThreadPoolExecutor(config.workers, thread_name_prefix="fcnx-read")
+    writers = ThreadPoolExecutor(config.workers, thread_name_prefix="fcnx-write")
+    finished = False
+    try:
+        decoded = bounded_map(readers, read, iter(tasks), window, read_budget, read_cost)
+        for d, error in bounded_map(writers, write, inferred(decoded), window, write_budget, write_cost):
+            report(d.item.path, "write", error)
+        finished = True
+    finally:  # an interrupted run: no task left waiting for bytes, none queued, none waited for
+        read_budget.close()
+        write_budget.close()
+        for pool in (readers, writers):
+            pool.shutdown(wait=finished, cancel_futures=not finished)

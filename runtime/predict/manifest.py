@@ -5,22 +5,36 @@ written atomically, so existing means complete) and redoes the rest, but only wh
 the folder's manifest names the same model (sha256 of the file) and the same fit: a
 folder never ends up holding masks from two models. ``--overwrite`` with another
 model first deletes exactly the outputs the old one was asked to write
-(``OUT/.fcnx-predict.outputs``, written before any of them), then starts afresh.
+(``OUT/.fcnx-predict.outputs.jsonl``, written before any of them), then starts afresh:
+only regular files (and the ``.zarr`` folders of array inputs, with what an unfinished
+write of them left beside them), only below OUT (links resolved), only names of fcnx
+outputs; a list that says anything else is refused whole, before anything is deleted.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..atomic import atomic_write_text
+from ..arrays.ome_zarr import PARTIAL
+from ..arrays.tiff_stack import PARTS
+from ..arrays.writers import progress_paths
+from ..atomic import atomic_write_text, is_temp_name
 from ..card import sha256_file
+from ..names import is_os_name, shown
 from .lock import LOCK_NAME, OWNER_NAME
+from .outputs import is_output_name
 
 MANIFEST_NAME = ".fcnx-predict.json"
-OUTPUTS_NAME = ".fcnx-predict.outputs"  # every output the folder's model was asked to write
+# every output the folder's model was asked to write: a header line, then one JSON string
+# per output (ASCII escapes: any bytes of a name round-trip, no name spans two lines)
+OUTPUTS_NAME = ".fcnx-predict.outputs.jsonl"
+LIST_HEADER = {"fcnx": "predict outputs", "version": 2}
+LEGACY_OUTPUTS_NAME = ".fcnx-predict.outputs"  # version 1: one name per line (ambiguous)
 OWN_FILES = {MANIFEST_NAME, OUTPUTS_NAME, LOCK_NAME, OWNER_NAME}
 
 
@@ -46,8 +60,11 @@ def read_manifest(out: Path) -> Manifest | None:
         return None
     try:
         return Manifest(**json.loads(path.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise ValueError(f"{path}: unreadable fcnx manifest ({exc}); remove it or use --overwrite") from None
+    except (json.JSONDecodeError, TypeError, RecursionError, UnicodeDecodeError) as exc:
+        reason = "nested too deep" if isinstance(exc, RecursionError) else str(exc).splitlines()[0][:200]
+        raise ValueError(
+            f"{path}: unreadable fcnx manifest ({reason}); remove it or use --overwrite"
+        ) from None
 
 
 def claim_folder(out: Path, manifest: Manifest, overwrite: bool) -> tuple[bool, int]:
@@ -73,12 +90,56 @@ def claim_folder(out: Path, manifest: Manifest, overwrite: bool) -> tuple[bool, 
     return previous is not None and not overwrite, removed
 
 
+def _list_error(out: Path, detail: str) -> ValueError:
+    return ValueError(
+        f"{out / OUTPUTS_NAME}: {detail}; nothing was deleted. This list says what --overwrite may "
+        "delete: use another -o folder, or empty this one yourself"
+    )
+
+
+def _checked_entry(out: Path, line: str, number: int) -> str:
+    """One line of the list: a JSON string naming a relative path below OUT that is an output
+    fcnx writes (a mask, overlay or probabilities file), in any bytes the OS allows."""
+    try:
+        rel = json.loads(line)
+    except (json.JSONDecodeError, RecursionError):
+        raise _list_error(out, f"line {number} is not a JSON string") from None
+    if not isinstance(rel, str) or not rel or not is_os_name(rel):
+        raise _list_error(out, f"line {number} is not a file name")
+    parts = rel.split("/")
+    if rel.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        raise _list_error(out, f"line {number} ({shown(rel)}) is not a path inside {out}")
+    if not is_output_name(parts[-1]):
+        raise _list_error(out, f"line {number} ({shown(rel)}) is not a file fcnx predict writes")
+    return rel
+
+
 def recorded_outputs(out: Path) -> list[str]:
-    """The outputs (relative paths) this folder's model was asked to write, in order."""
+    """The outputs (relative POSIX paths, any bytes) this folder's model was asked to
+    write, in order. A list that does not parse, or names anything but an output inside
+    OUT, is refused with one line (ValueError): nothing is ever deleted on its word."""
+    if (out / LEGACY_OUTPUTS_NAME).exists():
+        raise ValueError(
+            f"{out / LEGACY_OUTPUTS_NAME}: the outputs list of an older fcnx (one name per line, which a "
+            "name holding a newline makes ambiguous): fcnx will not delete on its word; use another -o "
+            "folder, or empty this one yourself"
+        )
     path = out / OUTPUTS_NAME
     if not path.is_file():
         return []
-    return [line for line in path.read_text(encoding="utf-8").splitlines() if line]
+    try:
+        lines = path.read_bytes().decode("ascii").split("\n")
+    except UnicodeDecodeError:
+        raise _list_error(out, "not an fcnx outputs list (not ASCII JSON lines)") from None
+    if lines[-1] == "":
+        lines.pop()
+    try:
+        header = json.loads(lines[0]) if lines else None
+    except (json.JSONDecodeError, RecursionError):
+        header = None
+    if header != LIST_HEADER:
+        raise _list_error(out, "not an fcnx outputs list (its first line is not the fcnx header)")
+    return [_checked_entry(out, line, number) for number, line in enumerate(lines[1:], start=2)]
 
 
 def record_outputs(out: Path, paths: list[Path]) -> None:
@@ -87,30 +148,58 @@ def record_outputs(out: Path, paths: list[Path]) -> None:
     known = recorded_outputs(out)
     seen = set(known)
     new = [rel for rel in (p.relative_to(out).as_posix() for p in paths) if rel not in seen]
-    if new:
-        atomic_write_text(out / OUTPUTS_NAME, "".join(f"{rel}\n" for rel in [*known, *new]))
+    if new or not (out / OUTPUTS_NAME).is_file():
+        lines = [json.dumps(LIST_HEADER), *(json.dumps(rel) for rel in [*known, *new])]
+        atomic_write_text(out / OUTPUTS_NAME, "".join(f"{line}\n" for line in lines))
 
 
 def remove_recorded_outputs(out: Path) -> int:
-    """Delete the outputs the list names (those that exist) and the list; returns how many."""
-    removed = 0
-    for rel in recorded_outputs(out):
+    """Delete the outputs the list names (those that exist) and the list; returns how many.
+    Every entry is checked first (a relative path to an output, whose folder, links
+    resolved, is OUT or below it); one that is not stops it all before anything is deleted.
+    Only regular files are deleted (a link of an output's name is left alone)."""
+    entries = recorded_outputs(out)
+    root = os.path.realpath(out)
+    targets = []
+    for rel in entries:
         target = out / rel
-        if target.is_file() and not target.is_symlink():
-            target.unlink(missing_ok=True)
-            removed += 1
+        folder = os.path.realpath(target.parent)
+        if folder != root and not folder.startswith(root + os.sep):
+            raise _list_error(out, f"{shown(rel)} leads outside {out} (through a link to {shown(folder)})")
+        targets.append(target)
+    removed = 0
+    for target in targets:
+        for progress in progress_paths(target):  # an array output's unfinished write
+            _remove(progress)
+        removed += _remove(target)
     (out / OUTPUTS_NAME).unlink(missing_ok=True)
     return removed
 
 
+def _remove(target: Path) -> int:
+    """A regular file, or an array output's folder (never a link, never through one)."""
+    try:
+        mode = target.lstat().st_mode
+    except FileNotFoundError:
+        return 0
+    if stat.S_ISREG(mode):
+        target.unlink()
+        return 1
+    if stat.S_ISDIR(mode) and target.name.endswith((".zarr", PARTS, PARTIAL)):
+        shutil.rmtree(target)  # rmtree never follows a link inside the tree
+        return 1
+    return 0
+
+
 def remove_stale_temp_files(out: Path) -> int:
     """Delete the temp files killed runs left behind (``atomic_path`` names them
-    ``.NAME.<random>.tmp``); returns how many. Only call it holding the folder's lock:
-    then no live run can own one. A file that is already gone is not an error."""
+    ``.NAME.[RUN-]<12 hex>.tmp``; nothing of another shape is touched, and linked folders
+    are not entered); returns how many. Only call it holding the folder's lock: then no
+    live run can own one. A file that is already gone is not an error."""
     removed = 0
     for root, _, files in os.walk(out):
         for name in files:
-            if name.startswith(".") and name.endswith(".tmp"):
+            if is_temp_name(name) and name.endswith(".tmp"):
                 try:
                     os.unlink(os.path.join(root, name))
                 except FileNotFoundError:

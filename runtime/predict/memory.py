@@ -53,6 +53,38 @@ def image_bytes(segmenter: Segmenter, header: Header, probs_bytes: int = 0, over
     return total
 
 
+def batch_bytes(segmenter: Segmenter) -> int | None:
+    """Bytes a full batch needs whatever the images are (the model's activations for it,
+    with the batches in flight), when every piece has one size: tiles, or a fixed-size
+    model's inputs. None when pieces take the images' own sizes (tiling off)."""
+    hw = segmenter.tile or segmenter.input_hw
+    if hw is None:
+        return None
+    pixels = hw[0] * hw[1]
+    channels, classes = segmenter.card.input_channels, segmenter.card_classes
+    per_piece = pixels * (
+        ACTIVATION_BYTES_PER_PIXEL * ARENA_GROWTH + IN_FLIGHT_BATCHES * (channels + 4 * classes + 1)
+    )
+    return segmenter.batch_size * per_piece
+
+
+def check_batch(segmenter: Segmenter) -> None:
+    """Refuse, once and before any image is read, a batch size whose batch alone would not
+    fit in the memory available (else every image would fail with the same reason)."""
+    need, free = batch_bytes(segmenter), available_bytes()
+    if need is None or free is None or need <= free:
+        return
+    hw = segmenter.tile or segmenter.input_hw
+    assert hw is not None
+    batch = segmenter.batch_size
+    fits = free // (need // batch)
+    advice = f"use --batch {fits} or less" if fits >= 1 else "not even --batch 1 fits: free memory"
+    raise ValueError(
+        f"--batch {batch}: a batch of {batch} pieces of {hw[0]}x{hw[1]} needs about {describe(need)} "
+        f"({segmenter.describe()}); {describe(free)} is available: {advice}"
+    )
+
+
 def _read_int(path: Path) -> int | None:
     try:
         text = path.read_text().strip()

@@ -48,6 +48,22 @@ def output_paths(
     return paths
 
 
+ARRAY_OUTPUT_SUFFIXES = (".tif", ".tiff", ".zarr")  # the masks of an array input (runtime/arrays/writers.py)
+
+
+def is_output_name(name: str) -> bool:
+    """Whether a file name has the shape of an output ``output_paths`` (or an array
+    input's writer) gives: what ``--overwrite`` may delete."""
+    return name.endswith(
+        (
+            *(f".{f}" for f in FORMATS),
+            OVERLAY_SUFFIX,
+            *(f".{f}" for f in PROBS_FORMATS),
+            *ARRAY_OUTPUT_SUFFIXES,
+        )
+    )
+
+
 def encode_mask_png(mask: np.ndarray, palette: tuple[tuple[int, int, int], ...]) -> bytes:
     if mask.dtype != np.uint8 or mask.ndim != 2:
         raise ValueError(f"a mask is uint8 (H, W), got {mask.dtype} {mask.shape}")

@@ -4,8 +4,11 @@
   to the stride, or resized / letterboxed for a fixed-size model), and how to map the
   output back (``restore``);
 - ``Tiled``: an image at full resolution and the grid of tiles it runs as (tiling.py);
+- ``Windowed``: a plane of an array input, tiled the same way but read by rows of tiles
+  and written by finished rows (never whole in memory);
 - ``Output``: the mask (and probabilities) at the image's own size;
-- ``mask_from_probs``: the one place probabilities become class ids.
+- ``mask_from_probs`` (from tiling.py, where row bands finish): the one place
+  probabilities become class ids.
 """
 
 from __future__ import annotations
@@ -15,7 +18,11 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .tiling import TileGrid
+from ..arrays.source import ArraySource
+from ..intensity import Note
+from .tiling import Rows, TileGrid, mask_from_probs
+
+__all__ = ["Output", "Plan", "Prepared", "Tiled", "Windowed", "mask_from_probs", "resize", "restore"]
 
 
 @dataclass(frozen=True)
@@ -47,7 +54,32 @@ class Tiled:
         return (*self.grid.tile, self.image.shape[2])
 
 
-Plan = Prepared | Tiled
+@dataclass(frozen=True)
+class Windowed:
+    """One plane of an array input too large to hold, run as the tiles of ``grid``: each
+    row of tiles is read from ``source`` when it is needed (with its mirror-filled
+    overlap), and finished rows go to ``emit`` as they are final, so nothing plane-sized
+    is ever in memory. ``start_row``: the first tile row to run (a resumed plane)."""
+
+    source: ArraySource
+    plane: int
+    grid: TileGrid
+    channels: int  # the model's
+    emit: Rows
+    start_row: int = 0
+    intensity: str = "full"  # how a 16-bit array maps to 8 bits (a window has no whole-plane histogram)
+    note: Note | None = None  # gets the mapping's warnings (intensity.py)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.grid.size
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (*self.grid.tile, self.channels)
+
+
+Plan = Prepared | Tiled | Windowed
 
 
 @dataclass(frozen=True)
@@ -71,11 +103,3 @@ def restore(prepared: Prepared, outputs: dict[str, np.ndarray]) -> Output:
     if probs is not None:
         probs = resize(np.ascontiguousarray(probs[:vh, :vw]), prepared.size, cv2.INTER_LINEAR)
     return Output(mask, probs)
-
-
-def mask_from_probs(probs: np.ndarray) -> np.ndarray:
-    """(..., K) probabilities -> (...) uint8 class ids: argmax, or > 0.5 for one sigmoid channel.
-    The one place this is decided (the Keras backend, evaluate and parity use it too)."""
-    if probs.shape[-1] == 1:
-        return (probs[..., 0] > 0.5).astype(np.uint8)
-    return probs.argmax(axis=-1).astype(np.uint8)

@@ -43,6 +43,7 @@ from ..backends.base import MissingExtra
 from ..backends.ort import OrtOptions, usable_cores
 from ..backends.registry import load
 from ..images import MAX_PIXELS, read_image
+from ..intensity import Note, NoteCounter
 from .config import PredictConfig
 from .failures import Report, describe_error
 from .inputs import Task
@@ -68,24 +69,28 @@ def _column(batch: dict[str, np.ndarray], name: str, default: str = "") -> list[
 
 
 def read_images(
-    batch: dict[str, np.ndarray], channels: int, max_pixels: int = MAX_PIXELS
+    batch: dict[str, np.ndarray], channels: int, max_pixels: int = MAX_PIXELS, intensity: str = "full"
 ) -> dict[str, np.ndarray]:
     """Ray Data stage: ``path`` -> ``image`` (uint8 (H, W, C), C = ``channels``, EXIF
-    orientation applied, bomb-guarded), ``error`` ("" or why the file is unreadable)
-    and ``stage``. A bad file gets an empty image and its reason; the batch goes on."""
-    images, errors = [], []
+    orientation applied, bomb-guarded, 16-bit mapped by ``intensity``), ``error`` ("" or
+    why the file is unreadable), ``stage`` and ``note`` ("" or the mapping's warning
+    about the image). A bad file gets an empty image and its reason; the batch goes on."""
+    images, errors, notes = [], [], []
     for path in _column(batch, "path"):
+        said = NoteCounter()
         try:
-            images.append(read_image(path, channels, max_pixels))
+            images.append(read_image(path, channels, max_pixels, None, intensity, said))
             errors.append("")
         except Exception as exc:  # one bad file never stops the run
             images.append(np.zeros((0, 0, channels), np.uint8))
             errors.append(describe_error(exc))
+        notes.append(said.first[1] if said.first else "")
     return {
         **batch,
         "image": _objects(images),
         "error": np.array(errors),
         "stage": np.array(["read"] * len(errors)),
+        "note": np.array(notes),
     }
 
 
@@ -166,7 +171,7 @@ def write_masks(
 ) -> dict[str, np.ndarray]:
     """Ray Data stage: write each row's ``mask`` (and overlay of its ``image``) under
     ``out`` at its ``relative`` path, atomically. Returns status rows only: ``path``,
-    ``error``, ``stage``, ``backend``, so no pixels travel back to the driver."""
+    ``error``, ``stage``, ``backend``, ``note``, so no pixels travel back to the driver."""
     errors = _column(batch, "error")
     stages = _column(batch, "stage", "read")
     paths = _column(batch, "path")
@@ -185,6 +190,7 @@ def write_masks(
         "error": np.array(errors),
         "stage": np.array(stages),
         "backend": np.array(_column(batch, "backend")),
+        "note": np.array(_column(batch, "note")),
     }
 
 
@@ -257,10 +263,12 @@ def run_on_ray(
     report: Report,
     run: dict[str, Any],
     run_id: str = "",
+    notes: Note | None = None,
 ) -> None:
     """The Ray runner of a predict job (job.py plans it, claims OUT and writes the summary):
-    the planned tasks through a Ray Data pipeline, each file's outcome to ``report``, and
-    what the summary says about the cluster into ``run``."""
+    the planned tasks through a Ray Data pipeline, each file's outcome to ``report``, the
+    16-bit mapping's remarks about an image to ``notes``, and what the summary says about
+    the cluster into ``run``."""
     ray = import_ray()
     run.update(backend="ray", provider="-", backend_notes=[])
     if not tasks:
@@ -292,6 +300,8 @@ def run_on_ray(
             if row["backend"]:
                 labels.add(row["backend"])
                 run["provider"] = ", ".join(sorted(labels))
+            if row["note"] and notes is not None:
+                notes(shown.get(row["path"], row["path"]), row["note"])
             report(shown.get(row["path"], row["path"]), row["stage"], row["error"])
     finally:
         if first_row and "ray" in run:
@@ -314,7 +324,11 @@ def _dataset(
     dataset = ray.data.from_items(rows)
     dataset = dataset.map_batches(
         read_images,
-        fn_kwargs={"channels": channels, "max_pixels": config.max_pixels},
+        fn_kwargs={
+            "channels": channels,
+            "max_pixels": config.max_pixels,
+            "intensity": config.intensity_for(segmenter.card),
+        },
         batch_size=batch,
         num_cpus=READ_WRITE_CPUS,
     )

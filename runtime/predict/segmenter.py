@@ -29,16 +29,29 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import cv2
 import numpy as np
 
+from ..arrays.source import ArraySource
 from ..backends.base import Backend, native_size
 from ..images import mirror_pad, pad_to_multiple, to_channels, to_uint8
-from .plans import Output, Plan, Prepared, Tiled, mask_from_probs, resize, restore
-from .tiling import TTA_FLIPS, Blender, TileGrid, default_overlap, flip, parse_tile
+from ..intensity import Note
+from .plans import Output, Plan, Prepared, Tiled, Windowed, mask_from_probs, resize, restore
+from .tiling import (
+    TTA_FLIPS,
+    Blender,
+    Rows,
+    TileGrid,
+    default_overlap,
+    first_tile_row,
+    flip,
+    mirror_indices,
+    parse_tile,
+)
 
 FITS = ("auto", "resize", "pad")
 TTAS = tuple(TTA_FLIPS)
@@ -155,7 +168,8 @@ class Segmenter:
             raise ValueError(f"{origin}: expected an (H, W) or (H, W, C) image array, got {shape}")
         if image.ndim == 3 and image.shape[2] not in (1, 3, 4):
             raise ValueError(f"{origin}: {image.shape[2]} channels; images have 1, 3 or 4")
-        return to_channels(to_uint8(image, origin), self.card.input_channels)
+        # a 16-bit array is mapped as the card says (an array records no bit depth: auto is the full range)
+        return to_channels(to_uint8(image, origin, self.card.intensity), self.card.input_channels)
 
     def tiled(self, size: tuple[int, int]) -> bool:
         """Whether an image of this (H, W) runs as tiles: one larger than a tile, or any
@@ -191,10 +205,87 @@ class Segmenter:
         scaled = resize(image, valid, cv2.INTER_AREA)
         return Prepared(mirror_pad(scaled, self.input_hw), size, valid)
 
+    def plan_window(
+        self,
+        source: ArraySource,
+        plane: int,
+        emit: Rows,
+        from_row: int = 0,
+        intensity: str | None = None,
+        note: Note | None = None,
+    ) -> Windowed:
+        """Plane ``plane`` of ``source`` as tiles read by rows of tiles, its finished rows
+        going to ``emit(y0, mask, probs)``; ``from_row``: resume there (rows above it are
+        not emitted again, tile rows that cannot reach it are not run). ``intensity``: the
+        16-bit mapping (default the card's), ``note`` gets its warnings."""
+        info = source.info
+        intensity = intensity or self.card.intensity
+        if self.tile is None:
+            raise ValueError(
+                f"{info.spec}: an array plane is read by windows, which needs tiling (not --tile off)"
+            )
+        if intensity.startswith("percentile"):
+            raise ValueError(
+                f"{info.spec}: --intensity {intensity} needs a whole plane's histogram; a plane read "
+                "by windows takes auto, full or bits:N"
+            )
+        if info.channels not in (1, 3, 4):
+            raise ValueError(
+                f"{info.spec}: axes {info.axes} give {info.channels} channels; the model takes "
+                f"{self.card.input_channels} (grey, RGB or RGBA planes are read)"
+            )
+        size = (info.height, info.width)
+        grid = TileGrid.over(size, self.tile, self.overlap, self.card.input_multiple)
+        start = first_tile_row(grid, from_row, stitched=not self.has_probs)
+
+        def emit_from(y0: int, mask: np.ndarray, probs: np.ndarray | None) -> None:
+            if y0 + len(mask) > from_row:  # rows a resumed run already has are not written again
+                cut = max(0, from_row - y0)
+                emit(y0 + cut, mask[cut:], None if probs is None else probs[cut:])
+
+        emit_rows = emit_from if from_row else emit
+        return Windowed(source, plane, grid, self.card.input_channels, emit_rows, start, intensity, note)
+
+    def _window_rows(self, plan: Windowed, r: int) -> np.ndarray:
+        """Tile row ``r`` of a windowed plane: its rows read from the source (mirror-filled
+        past the bottom), mapped to uint8 and the model's channels, mirror-filled on the right
+        to the grid's width."""
+        g = plan.grid
+        (h, w), th = g.size, g.tile[0]
+        rows = mirror_indices(g.rows[r], th, h)
+        lo, hi = int(rows.min()), int(rows.max()) + 1
+        origin = f"{plan.source.info.spec} {plan.source.info.plane_label(plan.plane)}".strip()
+        band = plan.source.read(plan.plane, lo, hi, 0, w)
+        band = to_channels(to_uint8(band, origin, plan.intensity, None, plan.note), self.card.input_channels)
+        return band[rows - lo] if (lo, hi) != (g.rows[r], g.rows[r] + th) else band
+
+    def _windowed_pieces(self, plan: Windowed) -> Iterator[np.ndarray]:
+        """The tiles of a windowed plane; the next row of tiles is read (a thread) while
+        this one's tiles go through the model."""
+        g = plan.grid
+        with ThreadPoolExecutor(1, thread_name_prefix="fcnx-window") as reader:
+            ahead = (
+                reader.submit(self._window_rows, plan, plan.start_row)
+                if plan.start_row < len(g.rows)
+                else None
+            )
+            for r in range(plan.start_row, len(g.rows)):
+                assert ahead is not None
+                band = ahead.result()
+                ahead = reader.submit(self._window_rows, plan, r + 1) if r + 1 < len(g.rows) else None
+                w = g.size[1]
+                for x in g.cols:
+                    cols = mirror_indices(x, g.tile[1], w)
+                    tile = band[:, x : x + g.tile[1]] if x + g.tile[1] <= w else band[:, cols]
+                    for flip_rows, flip_cols in self.passes:
+                        yield np.ascontiguousarray(flip(tile, flip_rows, flip_cols))
+
     def pieces(self, plan: Plan) -> Iterator[np.ndarray]:
         """What goes to the model for one image, in order: each tile (row-major) or the
         whole image, each followed by its flips with test-time augmentation."""
-        if isinstance(plan, Tiled):
+        if isinstance(plan, Windowed):
+            yield from self._windowed_pieces(plan)
+        elif isinstance(plan, Tiled):
             for r in range(len(plan.grid.rows)):
                 for c in range(len(plan.grid.cols)):
                     tile = plan.grid.tile_image(plan.image, r, c)
@@ -208,9 +299,10 @@ class Segmenter:
 
     def _open(self, key: K, plan: Plan, probs: bool, probs_dtype: Any) -> _Image[K]:
         blender = None
-        if isinstance(plan, Tiled):
+        if isinstance(plan, Tiled | Windowed):
             classes = self.card_classes if self.has_probs else 0
-            blender = Blender(plan.grid, classes, len(self.passes), keep_probs=probs, dtype=probs_dtype)
+            emit, start = (plan.emit, plan.start_row) if isinstance(plan, Windowed) else (None, 0)
+            blender = Blender(plan.grid, classes, len(self.passes), probs, probs_dtype, emit, start)
         return _Image(key, plan, blender)
 
     @property
@@ -336,6 +428,8 @@ class Segmenter:
     # -- 3. assemble --------------------------------------------------------------------------------------
 
     def _result(self, image: _Image[K], probs: bool) -> Output:
+        if isinstance(image.plan, Windowed):  # its rows went to the plan's emit as they finished
+            return Output(np.zeros((0, image.plan.size[1]), np.uint8), None)
         if image.blender is not None:
             return Output(image.blender.mask, image.blender.probs)
         plan = image.plan

@@ -27,6 +27,7 @@ tile's height across the image, not the image's area times the classes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,11 +132,21 @@ class TileGrid:
         return min(lo, end), min(hi, end)
 
 
+Rows = Callable[[int, np.ndarray, "np.ndarray | None"], None]  # (first row, mask rows, probs rows)
+
+
 class Blender:
     """One image's result from its tiles, added in row-major order (``passes`` outputs per
     tile with test-time augmentation). ``classes``: the probabilities' channels, or 0 for
     a mask-only model (stitched). ``keep_probs``: also keep the blended probabilities
-    (float16, (H, W, K)) for ``--save-probs``."""
+    (float16, (H, W, K)) for ``--save-probs``.
+
+    With ``emit``, nothing image-sized is held: each run of finished rows goes to
+    ``emit(y0, mask_rows, probs_rows)`` as soon as no later tile touches it (a windowed
+    input's writer takes it from there). ``start_row``: begin at that tile row (a
+    resumed run): the first rows it emits are then exactly those of an uninterrupted
+    run from that row's origin on, provided no earlier tile row reaches them, which
+    ``first_tile_row`` guarantees."""
 
     def __init__(
         self,
@@ -144,20 +155,30 @@ class Blender:
         passes: int = 1,
         keep_probs: bool = False,
         dtype: type[np.floating[Any]] | np.dtype[Any] = np.float32,
+        emit: Rows | None = None,
+        start_row: int = 0,
     ) -> None:
         self.grid = grid
         self.classes = classes
         self.passes = passes
+        self.emit = emit
         h, w = grid.size
-        self.mask = np.zeros((h, w), np.uint8)
-        self.probs = np.zeros((h, w, classes), dtype) if keep_probs and classes else None
+        keep = keep_probs and classes > 0
+        if emit is None:
+            self.mask = np.zeros((h, w), np.uint8)
+            self.probs = np.zeros((h, w, classes), dtype) if keep else None
+        else:  # rows leave as they finish: only the stitched band of one tile row is held
+            self.mask = np.zeros((0, w), np.uint8) if classes else np.zeros((grid.tile[0], w), np.uint8)
+            self.probs = None
+        self._keep = keep
+        self._dtype = dtype
         self.added = 0  # outputs added so far
         self._added = 0  # outputs added in the current tile row
-        self._row = 0
+        self._row = start_row
         if classes:
             th = grid.tile[0]
             width = grid.cols[-1] + grid.tile[1]
-            self._top = 0  # image row the band's first row stands for
+            self._top = grid.rows[start_row] if start_row else 0  # image row the band's first row stands for
             self._acc = np.zeros((th, width, classes), np.float32)
             self._weight = np.zeros((th, width, 1), np.float32)
             # weights fall off only along an axis with more than one tile (one tile: exactly its output)
@@ -190,13 +211,18 @@ class Blender:
         y0, y1 = g.own(g.rows, r, g.tile[0], g.size[0])
         x0, x1 = g.own(g.cols, c, g.tile[1], g.size[1])
         y, x = g.rows[r], g.cols[c]
-        self.mask[y0:y1, x0:x1] = mask[y0 - y : y1 - y, x0 - x : x1 - x]
+        top = 0 if self.emit is None else y0  # emitting: the band of this tile row's own rows
+        self.mask[y0 - top : y1 - top, x0:x1] = mask[y0 - y : y1 - y, x0 - x : x1 - x]
 
     def _finish_row(self) -> None:
         g = self.grid
         self._added = 0
         self._row += 1
         if not self.classes:
+            if self.emit is not None:  # the finished tile row's own rows are final
+                y0, y1 = g.own(g.rows, self._row - 1, g.tile[0], g.size[0])
+                if y1 > y0:
+                    self.emit(y0, self.mask[: y1 - y0].copy(), None)
             return
         last = self._row == len(g.rows)
         # rows above the next tile row's origin are final: no later tile touches them
@@ -204,13 +230,13 @@ class Blender:
         n = end - self._top
         if n > 0:
             probs = self._acc[:n, : g.size[1]] / self._weight[:n, : g.size[1]]
-            rows = slice(self._top, end)
-            if self.classes == 1:
-                self.mask[rows] = probs[..., 0] > 0.5
+            mask = mask_from_probs(probs)
+            if self.emit is not None:
+                self.emit(self._top, mask, probs.astype(self._dtype) if self._keep else None)
             else:
-                self.mask[rows] = probs.argmax(axis=-1)
-            if self.probs is not None:
-                self.probs[rows] = probs
+                self.mask[self._top : end] = mask
+                if self.probs is not None:
+                    self.probs[self._top : end] = probs
         if last:
             del self._acc, self._weight
             return
@@ -221,6 +247,28 @@ class Blender:
         self._acc[keep:] = 0
         self._weight[keep:] = 0
         self._top = g.rows[self._row]
+
+
+def first_tile_row(grid: TileGrid, row: int, stitched: bool) -> int:
+    """The first tile row whose output reaches image row ``row``: a run resumed at ``row``
+    starts there, so every row from ``row`` on gets exactly the tiles it gets in a whole
+    run (in the same order: the same floating-point sums)."""
+    for r, origin in enumerate(grid.rows):
+        if stitched:
+            if grid.own(grid.rows, r, grid.tile[0], grid.size[0])[1] > row:
+                return r
+        elif origin + grid.tile[0] > row:
+            return r
+    return len(grid.rows)
+
+
+def mask_from_probs(probs: np.ndarray) -> np.ndarray:
+    """(..., K) probabilities -> (...) uint8 class ids: argmax, or > 0.5 for one sigmoid channel.
+    The one place this is decided (the blend, whole images, the Keras backend, evaluate and
+    parity all use it)."""
+    if probs.shape[-1] == 1:
+        return (probs[..., 0] > 0.5).astype(np.uint8)
+    return probs.argmax(axis=-1).astype(np.uint8)
 
 
 def flip(array: np.ndarray, rows: bool, cols: bool) -> np.ndarray:

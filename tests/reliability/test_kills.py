@@ -58,7 +58,7 @@ def test_random_kills_always_resume_to_the_same_bytes(
         "after-replace:.fcnx-predict.owner",  # locked, nothing else written
         "before-replace:.fcnx-predict.json",  # the manifest half-written (its temp left)
         "after-replace:.fcnx-predict.json",  # claimed, nothing planned yet
-        "before-replace:.fcnx-predict.outputs",
+        "before-replace:.fcnx-predict.outputs.jsonl",
         "before-replace:*.png#7",  # a mask's temp complete, not yet in place
         "after-replace:*.png#40",
         "before-replace:*.overlay.jpg#3",

@@ -99,14 +99,15 @@ def test_an_interrupted_run_resumes_without_redoing_finished_files(
     first = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
     assert 2 <= len(first) < 10
     assert json.loads((out / "summary.json").read_text())["interrupted"] is True
-    (out / ".05.png.a1b2c3.tmp").write_bytes(b"half a mask")  # what a kill -9 mid-write leaves
+    (out / ".05.png.a1b2c3d4-0123456789ab.tmp").write_bytes(b"half a mask")  # what a kill -9 mid-write leaves
+    (out / ".05.png.mine.tmp").write_bytes(b"the user's")  # not a name fcnx makes: never touched
 
     again = predict_folder(config)
     assert again["counts"]["skipped"] == len(first)
     assert again["counts"]["written"] == 10 - len(first)
     assert again["stale_temp_files_removed"] == 1
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.png") if p.name in first} == first
-    assert len(list(out.glob("*.png"))) == 10 and not list(out.glob(".*.tmp"))
+    assert len(list(out.glob("*.png"))) == 10 and [p.name for p in out.glob(".*.tmp")] == [".05.png.mine.tmp"]
 
 
 def test_a_folder_never_mixes_models(threshold_onnx: Path, tiny_onnx_fixed: Path, tmp_path: Path) -> None:
@@ -136,7 +137,7 @@ def test_cli_exit_status_says_completed_with_failures(
     text = capsys.readouterr().out
     assert "5 written, 0 already done, 1 failed of 6" in text and "failures.jsonl" in text
     failure = json.loads((tmp_path / "out" / "failures.jsonl").read_text())
-    assert failure["stage"] == "output" and "same output" in failure["reason"]
+    assert failure["stage"] == "output" and "is also the mask of" in failure["reason"]
 
     assert main(["predict", str(threshold_onnx), str(tmp_path / "missing"), "-o", str(tmp_path / "o2")]) == 1
     assert "no such file, folder or matching pattern" in capsys.readouterr().err

@@ -161,3 +161,95 @@ def test_split_is_deterministic_and_disjoint(tmp_path: Path) -> None:
     assert not {p.name for p in train.pairs} & {p.name for p in val.pairs}
     _, other_val = split_samples(samples, 0.15, seed=4)
     assert [p.name for p in other_val.pairs] != [p.name for p in val.pairs]
+
+
+def test_16_bit_training_images_are_read_with_the_runs_intensity_mapping(tmp_path: Path) -> None:
+    from fcnx.runtime.intensity import NoteCounter, bits_table
+
+    from ..runtime.test_intensity import TWELVE_BIT, png16
+
+    _dataset(tmp_path, ["a", "b"], size=TWELVE_BIT.shape[0])
+    (tmp_path / "image" / "a.png").write_bytes(png16(TWELVE_BIT[:, :48], b"\x0c"))  # sBIT 12
+    (tmp_path / "image" / "b.png").write_bytes(png16(TWELVE_BIT[:, 16:]))  # says no depth
+    notes = NoteCounter()
+    samples = load_samples(tmp_path, intensity="auto", notes=notes)
+    np.testing.assert_array_equal(samples.images[0][..., 0], bits_table(12)[TWELVE_BIT[:, :48]])
+    np.testing.assert_array_equal(samples.images[1][..., 0], bits_table(16)[TWELVE_BIT[:, 16:]])
+    assert notes.count == 1 and notes.first is not None and notes.first[0].endswith("b.png")
+    forced = load_samples(tmp_path, intensity="bits:12")
+    np.testing.assert_array_equal(forced.images[1][..., 0], bits_table(12)[TWELVE_BIT[:, 16:]])
+    assert load_samples(tmp_path).images[0].max() <= 16  # the default, "full": as fcnx read them before
+
+
+def test_a_training_records_its_intensity_and_an_old_config_reads_as_full(tmp_path: Path) -> None:
+    from fcnx.train.config import TrainConfig
+    from fcnx.train.fit import make_card
+
+    assert TrainConfig().intensity == "auto"
+    with pytest.raises(ValueError, match=r"^--intensity must be .*got 'bits:8'$"):
+        TrainConfig(intensity="bits:8")
+    config = TrainConfig(data=str(tmp_path), intensity="bits:12")
+    assert TrainConfig.from_dict(config.to_dict()).intensity == "bits:12"
+    old = config.to_dict()
+    del old["intensity"]  # a config.json written before --intensity: resumed as it was read
+    assert TrainConfig.from_dict(old).intensity == "full"
+    samples = load_samples(_dataset(tmp_path, ["a", "b"]))
+    assert make_card(config, samples, samples, {}).intensity == "bits:12"
+
+
+def test_training_data_that_says_no_depth_prints_one_warning_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fcnx.train.config import TrainConfig
+    from fcnx.train.fit import load_training_data
+
+    from ..runtime.test_intensity import TWELVE_BIT, png16
+
+    names = [f"{i}" for i in range(6)]
+    _dataset(tmp_path, names, size=TWELVE_BIT.shape[0])
+    for name in names:
+        (tmp_path / "image" / f"{name}.png").write_bytes(png16(TWELVE_BIT[:, :48]))
+    train, val = load_training_data(TrainConfig(data=str(tmp_path), intensity="auto"))
+    assert len(train) + len(val) == 6
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: ") and "(and 5 more images like it)" in lines[0]
+
+
+def _stack(path: Path, pages: np.ndarray) -> Path:
+    tifffile = pytest.importorskip(
+        "tifffile", reason='stacks need the volumes extra: pip install "fcnx[volumes]"'
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, pages, photometric="minisblack")
+    return path
+
+
+def test_stacks_pair_page_by_page_as_the_same_slices_in_files(tmp_path: Path) -> None:
+    """ISBI's layout: train-volume.tif + train-labels.tif, page i with page i; in image/ and
+    label/ folders, or given directly. The samples equal those of the slices as PNG pairs."""
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (4, 24, 32), np.uint8)
+    labels = np.where(rng.random((4, 24, 32)) > 0.5, 255, 0).astype(np.uint8)
+    volume = _stack(tmp_path / "stacks" / "image" / "vol.tif", images)
+    truth = _stack(tmp_path / "stacks" / "label" / "vol.tif", labels)
+    for i in range(4):
+        _write(tmp_path / "files" / "image" / f"{i}.png", images[i])
+        _write(tmp_path / "files" / "label" / f"{i}.png", labels[i])
+    files = load_samples(tmp_path / "files")
+    for stacks in (load_samples(tmp_path / "stacks"), load_samples(volume, labels=truth)):
+        assert [p.name for p in stacks.pairs] == [f"vol-{i:04d}" for i in range(4)]
+        for a, b in zip(stacks.images, files.images):
+            np.testing.assert_array_equal(a, b)
+        for a, b in zip(stacks.masks, files.masks):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_stacks_that_do_not_pair_are_named(tmp_path: Path) -> None:
+    images = _stack(tmp_path / "image" / "vol.tif", np.zeros((3, 16, 16), np.uint8))
+    short = _stack(tmp_path / "label" / "vol.tif", np.zeros((2, 16, 16), np.uint8))
+    with pytest.raises(DataError, match=r"label/vol.tif: 2 pages, but its image stack .*vol.tif has 3"):
+        load_samples(tmp_path)
+    wide = _stack(tmp_path / "wide.tif", np.zeros((3, 16, 20), np.uint8))
+    with pytest.raises(DataError, match=r"wide.tif: pages are 20x16 but the image stack's"):
+        load_samples(images, labels=wide)
+    assert short.is_file()

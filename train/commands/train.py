@@ -12,7 +12,11 @@ from fcnx.train.config import AugmentConfig, ModelConfig, TrainConfig
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__)
-    parser.add_argument("data", help="dataset folder with image/ and label/ (paired by file name)")
+    parser.add_argument(
+        "data",
+        help="dataset folder with image/ and label/ (paired by file name; stacks pair page by page), or "
+        "an image stack with --labels",
+    )
     parser.add_argument("-o", "--out", required=True, help="run folder to write")
     add_dataclass_flags(parser.add_argument_group("training"), TrainConfig)
     add_dataclass_flags(parser.add_argument_group("model"), ModelConfig)

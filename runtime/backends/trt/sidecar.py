@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ...atomic import atomic_write_text
-from ...card import CardError, ModelCard, reject_unknown_keys
+from ...card import CardError, ModelCard, input_contradictions, json_object, reject_unknown_keys
 from ..base import BackendError
 
 
@@ -75,9 +75,11 @@ class EngineSidecar:
             raise ValueError(
                 f"input_shape {list(self.input_shape)} has {c} channels, its card {self.card.input_channels}"
             )
-        if self.card.input_height and (self.card.input_height, self.card.input_width) != (h, w):
-            card_hw = f"{self.card.input_height}x{self.card.input_width}"
-            raise ValueError(f"input_shape {list(self.input_shape)} is not its card's {card_hw}")
+        problems = input_contradictions(self.card, (None, h, w, c))
+        if problems:
+            raise ValueError(
+                f"input_shape {list(self.input_shape)} contradicts its card: {'; '.join(problems)}"
+            )
         if not self.outputs or not set(self.outputs) <= {"probs", "mask"}:
             raise ValueError(f"outputs must be probs and/or mask, got {list(self.outputs)}")
         if self.precision not in ("fp32", "fp16", "int8"):
@@ -102,6 +104,8 @@ class EngineSidecar:
             return cls(**values)
         except KeyError as exc:
             raise CardError(f"{origin}: missing sidecar key {exc.args[0]!r}") from None
+        except CardError:
+            raise  # the card's own, already naming the file
         except (TypeError, ValueError) as exc:
             raise CardError(f"{origin}: malformed sidecar: {exc}") from None
 
@@ -125,10 +129,7 @@ def read_sidecar(engine_path: str | Path) -> EngineSidecar:
         raise CardError(
             f"{path}: missing; every fcnx engine has this sidecar (rebuild the engine with fcnx export engine)"
         )
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CardError(f"{path}: not valid JSON: {exc}") from None
+    data = json_object(path.read_text(encoding="utf-8"), str(path), "sidecar")
     return EngineSidecar.from_dict(data, origin=str(path))
 
 

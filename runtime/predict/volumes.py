@@ -1,0 +1,338 @@
+"""The array inputs of a predict job: stacks, volumes and gigapixel planes (runtime/arrays).
+
+Each array input is segmented plane by plane and its masks go to one chunked output
+(``--output-format``: a multi-page TIFF, or an OME-Zarr label image) band by band, each
+band durable before the next is counted, so a killed run's rerun computes only the bands
+it lacks (``MaskWriter.done()``) and the finished output is byte-identical.
+
+A plane goes one of two ways:
+
+- **whole** (at most ``WHOLE_PLANE_PIXELS``, e.g. the 512 x 512 slices of an EM stack): read
+  whole, planned and run exactly as an image file of the same pixels (``Segmenter.plan``),
+  so page i of a stack's masks equals ``fcnx predict`` of slice i as a PNG; consecutive
+  planes share batches.
+- **windowed** (larger): ``Segmenter.plan_window`` reads one row of tiles at a time (with
+  its overlap) and hands finished rows on as soon as no later tile touches them; memory is
+  the tile rows in flight plus one output band, whatever the plane's size.
+
+Rows become whole bands of ``BAND_ROWS`` rows (``Bands``), written on one writer thread
+while the model runs (at most ``WRITES_IN_FLIGHT`` bands waiting). A plane that cannot be
+read or run fails alone: the other planes go on, their bands stay durable, and the input
+is reported failed naming the plane (a rerun computes only what is missing).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..arrays.source import ArraySource
+from ..arrays.writers import OUTPUT_FORMATS, MaskWriter, output_path, probs_path
+from ..images import to_uint8
+from ..intensity import Note
+from ..names import shown
+from .config import PredictConfig
+from .inputs import InputFile
+from .plans import Output, Plan
+from .segmenter import Segmenter
+
+WHOLE_PLANE_PIXELS = 4096 * 4096  # planes up to this are read whole (an image file's path)
+BAND_ROWS = 512  # rows per output band: the unit of writing, durability and resume
+WRITES_IN_FLIGHT = 2
+
+Report = Callable[[str, str, str], None]  # (input, stage, error or "")
+
+
+def output_format(config: PredictConfig, info_format: str, planes: int, pixels: int) -> str:
+    """``--output-format``, or for ``auto``: a TIFF stack of planes that are read whole gets
+    a multi-page TIFF (the ISBI layout round-trips); Zarr, HDF5 and huge planes get an
+    OME-Zarr label image."""
+    if config.output_format != "auto":
+        return config.output_format
+    return "tiff" if "tiff" in info_format and pixels <= WHOLE_PLANE_PIXELS else "zarr"
+
+
+def array_outputs(out: Path, item: InputFile, fmt: str, probs: bool) -> list[Path]:
+    """The outputs of one array input: its masks, then its probabilities (``--save-probs``)."""
+    mask = output_path(out, item.relative, fmt)
+    return [mask, probs_path(mask)] if probs else [mask]
+
+
+@dataclass(frozen=True)
+class ArrayPlan:
+    """One array input, opened and checked before anything is written."""
+
+    item: InputFile
+    format: str  # the output format
+    outputs: list[Path]
+
+
+class Bands:
+    """One plane's finished rows in (any run of consecutive rows, top to bottom), whole
+    bands out to ``write(plane, y0, mask, probs)`` (the last band of a plane may be
+    shorter). Bands in ``done`` are not written again."""
+
+    def __init__(
+        self,
+        plane: int,
+        height: int,
+        width: int,
+        band: int,
+        done: set[tuple[int, int]],
+        write: Callable[[int, int, np.ndarray, np.ndarray | None], None],
+    ) -> None:
+        self.plane, self.height, self.width, self.band = plane, height, width, band
+        self.done, self.write = done, write
+        self._start: int | None = None  # the row the buffered rows begin at
+        self._masks: list[np.ndarray] = []
+        self._probs: list[np.ndarray] = []
+        self._rows = 0
+
+    def rows(self, y0: int, mask: np.ndarray, probs: np.ndarray | None) -> None:
+        if self._start is None:
+            if y0 % self.band:
+                raise ValueError(f"plane {self.plane}: rows start at {y0}, not on a band border")
+            self._start = y0
+        elif y0 != self._start + self._rows:
+            raise ValueError(
+                f"plane {self.plane}: rows {y0}.. do not follow rows ..{self._start + self._rows}"
+            )
+        self._masks.append(mask)
+        if probs is not None:
+            self._probs.append(probs)
+        self._rows += len(mask)
+        while self._rows and (self._rows >= self.band or self._start + self._rows >= self.height):
+            self._flush(min(self.band, self._rows))
+
+    def _flush(self, n: int) -> None:
+        assert self._start is not None
+        mask = np.concatenate(self._masks) if len(self._masks) > 1 else self._masks[0]
+        probs = (
+            (np.concatenate(self._probs) if len(self._probs) > 1 else self._probs[0]) if self._probs else None
+        )
+        if (self.plane, self._start) not in self.done:
+            self.write(self.plane, self._start, mask[:n], None if probs is None else probs[:n])
+        self._masks = [mask[n:]] if n < len(mask) else []
+        self._probs = [probs[n:]] if probs is not None and n < len(probs) else []
+        self._start += n
+        self._rows -= n
+
+    @property
+    def complete(self) -> bool:
+        return self._start is not None and self._start >= self.height and not self._rows
+
+
+class BandWrites:
+    """A writer's ``write_band`` on one thread, at most ``WRITES_IN_FLIGHT`` bands waiting:
+    the model does not wait for compression and fsyncs, and memory stays bounded."""
+
+    def __init__(self, writer: MaskWriter) -> None:
+        self.writer = writer
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="fcnx-band")
+        self._waiting: deque[Future[None]] = deque()
+
+    def __call__(self, plane: int, y0: int, mask: np.ndarray, probs: np.ndarray | None) -> None:
+        while len(self._waiting) >= WRITES_IN_FLIGHT:
+            self._waiting.popleft().result()
+        self._waiting.append(self._pool.submit(self.writer.write_band, plane, y0, mask, probs))
+
+    def drain(self) -> None:
+        while self._waiting:
+            self._waiting.popleft().result()
+
+    def close(self, wait: bool) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=not wait)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+class ArrayRun:
+    """Segment one array input into its writer (see the module's doc)."""
+
+    def __init__(
+        self,
+        config: PredictConfig,
+        segmenter: Segmenter,
+        source: ArraySource,
+        writer: MaskWriter,
+        pieces: Callable[[int], None] | None,
+        note: Note | None,
+    ) -> None:
+        self.config, self.segmenter, self.source, self.writer = config, segmenter, source, writer
+        self.pieces, self.note = pieces, note
+        self.info = source.info
+        self.intensity = config.intensity_for(segmenter.card)
+        self.probs = bool(config.save_probs)
+        self.failed: dict[int, str] = {}  # plane -> why
+
+    def where(self, plane: int) -> str:
+        label = self.info.plane_label(plane)
+        return f"{label}: " if label else ""
+
+    def run(self) -> None:
+        done = self.writer.done()
+        todo = [p for p in range(self.info.planes) if any(b not in done for b in self._bands(p))]
+        writes = BandWrites(self.writer)
+        finished = False
+        try:
+            if self.info.height * self.info.width <= WHOLE_PLANE_PIXELS:
+                self._whole_planes(todo, done, writes)
+            else:
+                for plane in todo:
+                    self._windowed_plane(plane, done, writes)
+            writes.drain()
+            finished = True
+        finally:
+            writes.close(wait=finished)
+
+    def _bands(self, plane: int) -> list[tuple[int, int]]:
+        return [(plane, y) for y in range(0, self.info.height, self.writer.band)]
+
+    def _bands_of(self, plane: int, done: set[tuple[int, int]], writes: BandWrites) -> Bands:
+        info = self.info
+        return Bands(plane, info.height, info.width, self.writer.band, done, writes)
+
+    def _whole_planes(self, planes: list[int], done: set[tuple[int, int]], writes: BandWrites) -> None:
+        """Planes read whole, one read ahead on a thread, sharing the model's batches."""
+        origin = str(self.info.spec)
+
+        def read(plane: int) -> Plan | str:
+            try:
+                image = self.source.read_plane(plane)
+                where = f"{origin} {self.info.plane_label(plane)}".strip()
+                image = to_uint8(image, where, self.intensity, None, self.note)
+                return self.segmenter.plan(image, where)
+            except Exception as exc:  # one bad plane fails alone
+                return _describe(exc)
+
+        def items() -> Iterator[tuple[int, Plan]]:
+            with ThreadPoolExecutor(1, thread_name_prefix="fcnx-plane") as reader:
+                ahead = deque(reader.submit(read, p) for p in planes[:2])
+                following = iter(planes[2:])
+                for plane in planes:
+                    plan = ahead.popleft().result()
+                    nxt = next(following, None)
+                    if nxt is not None:
+                        ahead.append(reader.submit(read, nxt))
+                    if isinstance(plan, str):
+                        self.failed[plane] = plan
+                    else:
+                        yield plane, plan
+
+        stream = self.segmenter.stream(items(), self.probs, np.float16, self.pieces)
+        for plane, _, result in stream:
+            if isinstance(result, Exception):
+                self.failed[plane] = _describe(result)
+                continue
+            assert isinstance(result, Output)
+            bands = self._bands_of(plane, done, writes)
+            bands.rows(0, result.mask, result.probs)
+
+    def _windowed_plane(self, plane: int, done: set[tuple[int, int]], writes: BandWrites) -> None:
+        """One plane too large to hold, by rows of tiles; from its first band not yet done."""
+        missing = [y for p, y in self._bands(plane) if (p, y) not in done]
+        bands = self._bands_of(plane, done, writes)
+        try:
+            plan = self.segmenter.plan_window(
+                self.source, plane, bands.rows, missing[0], self.intensity, self.note
+            )
+            for _, _, result in self.segmenter.stream([(plane, plan)], self.probs, np.float16, self.pieces):
+                if isinstance(result, Exception):
+                    raise result
+            if not bands.complete:
+                raise RuntimeError(f"plane {plane}: the tiles ended before the plane's last row")
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as exc:  # a window that cannot be read or run: this plane fails
+            self.failed[plane] = _describe(exc)
+
+
+def segment_array(
+    config: PredictConfig,
+    segmenter: Segmenter,
+    plan: ArrayPlan,
+    report: Report,
+    run_id: str = "",
+    pieces: Callable[[int], None] | None = None,
+    note: Note | None = None,
+) -> None:
+    """One array input, start to finish (or to a one-line failure naming the plane)."""
+    from ..arrays.source import open_array  # the readers: only when there are array inputs
+
+    item = plan.item
+    try:
+        source = open_array(item.path, config.axes, config.level)
+    except Exception as exc:
+        report(item.path, "read", _describe(exc))
+        return
+    with source:
+        info = source.info
+        try:
+            writer = OUTPUT_FORMATS[plan.format](
+                plan.outputs[0],
+                info.planes,
+                info.height,
+                info.width,
+                BAND_ROWS,
+                segmenter.card,
+                probs="float16" if config.save_probs == "npy" else "uint8" if config.save_probs else None,
+                run_id=run_id,
+                plane_axes=info.plane_axes,
+                plane_shape=tuple(info.shape[info.axes.index(a)] for a in info.plane_axes),
+            )
+        except Exception as exc:
+            report(item.path, "write", _describe(exc))
+            return
+        run = ArrayRun(config, segmenter, source, writer, pieces, note)
+        finished = False
+        try:
+            run.run()
+            if run.failed:
+                plane = min(run.failed)
+                more = f" ({len(run.failed)} of {info.planes} planes failed)" if len(run.failed) > 1 else ""
+                report(item.path, "read", f"{run.where(plane)}{run.failed[plane]}{more}")
+                return
+            writer.finish()
+            finished = True
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as exc:
+            report(item.path, "write", f"{shown(plan.outputs[0])}: {_describe(exc)}")
+            return
+        finally:
+            if not finished:  # what is durable stays for a rerun
+                writer.abort()
+    report(item.path, "", "")
+
+
+def plan_arrays(
+    config: PredictConfig, out: Path, items: list[InputFile], failed: Callable[[InputFile, str], None]
+) -> list[ArrayPlan]:
+    """Open each array input once (read-only, headers only) to choose its output; one that
+    cannot be opened goes to ``failed`` and the others go on."""
+    plans = []
+    for item in items:
+        from ..arrays.source import open_array  # the readers: only when there are array inputs
+
+        try:
+            with open_array(item.path, config.axes, config.level) as source:
+                info = source.info
+                fmt = output_format(config, info.format, info.planes, info.height * info.width)
+        except Exception as exc:
+            failed(item, _describe(exc))
+            continue
+        plans.append(ArrayPlan(item, fmt, array_outputs(out, item, fmt, bool(config.save_probs))))
+    return plans
+
+
+def array_summary(plans: list[ArrayPlan]) -> list[dict[str, Any]]:
+    return [{"input": p.item.path, "output": str(p.outputs[0]), "format": p.format} for p in plans]

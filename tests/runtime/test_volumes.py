@@ -1,0 +1,190 @@
+"""fcnx predict on stacks, volumes and large planes (runtime/predict/volumes.py), end to
+end with real files and real onnxruntime sessions: the shipped threshold model (a known
+answer per pixel) and the tiny trained FCN (whose tiles really blend)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fcnx.runtime.predict import volumes
+from fcnx.runtime.predict.config import PredictConfig
+from fcnx.runtime.predict.job import predict_folder
+
+tifffile = pytest.importorskip("tifffile", reason='needs the volumes extra: pip install "fcnx[volumes]"')
+zarr = pytest.importorskip("zarr", reason='needs the volumes extra: pip install "fcnx[volumes]"')
+h5py = pytest.importorskip("h5py", reason='needs the volumes extra: pip install "fcnx[volumes]"')
+
+
+def _config(model: Path, inputs: list[Any], out: Path, **kw: Any) -> PredictConfig:
+    return PredictConfig(model=str(model), inputs=tuple(str(i) for i in inputs), out=str(out),
+                         progress=False, **kw)  # fmt: skip
+
+
+def _pages(seed: int, n: int, h: int, w: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, h, w), dtype=np.uint8)
+
+
+def _tree_hash(root: Path) -> dict[str, str]:
+    """Every file below ``root`` (or ``root`` itself) by its sha256: inputs stay byte-unchanged."""
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def test_a_tiff_stack_gets_one_mask_page_per_plane_equal_to_its_png(
+    threshold_onnx: Path, tmp_path: Path
+) -> None:
+    pages = _pages(0, 5, 70, 90)
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "stack.tif", pages, metadata={"axes": "ZYX"})
+    before = _tree_hash(tmp_path / "in")
+    summary = predict_folder(_config(threshold_onnx, [tmp_path / "in"], tmp_path / "out"))
+    assert summary["counts"] == {"total": 1, "written": 1, "skipped": 0, "failed": 0}
+    masks = tifffile.imread(tmp_path / "out" / "stack.tif")
+    assert masks.shape == (5, 70, 90) and masks.dtype == np.uint8
+    np.testing.assert_array_equal(masks, (pages > 127).astype(np.uint8))
+    assert _tree_hash(tmp_path / "in") == before
+
+    # page i is what fcnx predict gives slice i as a PNG
+    import cv2
+
+    (tmp_path / "png").mkdir()
+    for i, page in enumerate(pages):
+        cv2.imwrite(str(tmp_path / "png" / f"{i}.png"), page)
+    predict_folder(_config(threshold_onnx, [tmp_path / "png"], tmp_path / "out_png"))
+    for i in range(5):
+        from PIL import Image
+
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out_png" / f"{i}.png")), masks[i])
+
+    # a rerun skips it; zarr output on request
+    again = predict_folder(_config(threshold_onnx, [tmp_path / "in"], tmp_path / "out"))
+    assert again["counts"]["skipped"] == 1
+    predict_folder(_config(threshold_onnx, [tmp_path / "in"], tmp_path / "out_zarr", output_format="zarr"))
+    np.testing.assert_array_equal(zarr.open(tmp_path / "out_zarr" / "stack.zarr", mode="r")["0"][:], masks)
+
+
+def test_zarr_and_hdf5_volumes_become_ome_zarr_labels(threshold_onnx: Path, tmp_path: Path) -> None:
+    volume = _pages(1, 3, 150, 130)
+    zarr.create_array(tmp_path / "vol.zarr", data=volume, chunks=(1, 64, 64), zarr_format=2)
+    with h5py.File(tmp_path / "cells.h5", "w") as f:
+        f.create_dataset("/raw/data", data=volume[:2])
+    before = {**_tree_hash(tmp_path / "vol.zarr"), **_tree_hash(tmp_path / "cells.h5")}
+    inputs = [
+        tmp_path / "vol.zarr",
+        f"{tmp_path / 'cells.h5'}:/raw/data",
+        f"{tmp_path / 'cells.h5'}:/nothing",
+    ]
+    summary = predict_folder(_config(threshold_onnx, inputs, tmp_path / "out", save_probs="npy"))
+    assert summary["counts"]["written"] == 2 and summary["counts"]["failed"] == 1
+    failure = json.loads((tmp_path / "out" / "failures.jsonl").read_text().splitlines()[0])
+    assert "cells.h5" in failure["reason"] and "/nothing" in failure["reason"]
+    labels = zarr.open(tmp_path / "out" / "vol.zarr", mode="r")
+    np.testing.assert_array_equal(labels["0"][:], (volume > 127).astype(np.uint8))
+    assert "image-label" in labels.attrs and "multiscales" in labels.attrs
+    probs = zarr.open(tmp_path / "out" / "vol.probs.zarr", mode="r")[:]
+    assert probs.dtype == np.float16 and probs.shape == (3, 150, 130, 2)
+    np.testing.assert_array_equal(probs[..., 1] > probs[..., 0], volume > 127)
+    np.testing.assert_allclose(probs.astype(np.float32).sum(axis=-1), 1.0, atol=2e-3)
+    np.testing.assert_array_equal(
+        zarr.open(tmp_path / "out" / "cells.zarr", mode="r")["0"][:], (volume[:2] > 127).astype(np.uint8)
+    )
+    assert {**_tree_hash(tmp_path / "vol.zarr"), **_tree_hash(tmp_path / "cells.h5")} == before
+
+
+def test_an_output_folder_inside_a_zarr_input_is_refused(threshold_onnx: Path, tmp_path: Path) -> None:
+    zarr.create_array(tmp_path / "vol.zarr", data=_pages(2, 2, 40, 40), zarr_format=3)
+    with pytest.raises(ValueError, match="never writes into its inputs"):
+        predict_folder(_config(threshold_onnx, [tmp_path / "vol.zarr"], tmp_path / "vol.zarr" / "labels"))
+
+
+def test_windowed_planes_equal_the_in_memory_tiled_result(
+    tiny_onnx_dynamic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plane read by rows of tiles (windowed) gives byte for byte the in-memory tiled
+    mask: same tiles, same blending, same order of sums."""
+    from fcnx.runtime.backends.registry import load
+    from fcnx.runtime.predict.segmenter import Segmenter
+
+    rng = np.random.default_rng(3)
+    plane = (rng.random((300, 270)) * 60 + np.linspace(0, 180, 270)[None, :]).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "big.tif", plane[None].repeat(2, axis=0), tile=(64, 64))
+    monkeypatch.setattr(volumes, "WHOLE_PLANE_PIXELS", 0)  # every plane windowed
+    monkeypatch.setattr(volumes, "BAND_ROWS", 48)
+    config = _config(tiny_onnx_dynamic, [tmp_path / "big.tif"], tmp_path / "out", tile="64x64", overlap=16)
+    summary = predict_folder(config)
+    assert summary["counts"]["written"] == 1, summary
+    labels = zarr.open(tmp_path / "out" / "big.zarr", mode="r")["0"][:]
+    with load(tiny_onnx_dynamic, "ort-cpu") as backend:
+        expected = Segmenter(backend, tile=(64, 64), overlap=16).predict([plane])[0]
+    np.testing.assert_array_equal(labels[0], expected)
+    np.testing.assert_array_equal(labels[1], expected)
+
+
+def test_a_bad_plane_fails_the_input_naming_it_and_a_rerun_finishes(
+    threshold_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    volume = _pages(4, 3, 64, 64)
+    store = tmp_path / "vol.zarr"
+    zarr.create_array(store, data=volume, chunks=(1, 64, 64), zarr_format=2)
+    chunk = store / "1.0.0"
+    good = chunk.read_bytes()
+    chunk.write_bytes(b"not a compressed chunk")
+    (tmp_path / "imgs").mkdir()
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "imgs" / "a.png"), volume[0])
+    summary = predict_folder(_config(threshold_onnx, [store, tmp_path / "imgs"], tmp_path / "out"))
+    assert summary["counts"]["written"] == 1 and summary["counts"]["failed"] == 1
+    failure = json.loads((tmp_path / "out" / "failures.jsonl").read_text().splitlines()[0])
+    assert "vol.zarr" in failure["path"] and "z=1" in failure["reason"], failure
+    assert not (tmp_path / "out" / "vol.zarr").exists()  # never half an output in place
+    chunk.write_bytes(good)
+    again = predict_folder(_config(threshold_onnx, [store, tmp_path / "imgs"], tmp_path / "out"))
+    assert again["counts"]["written"] == 1 and again["counts"]["skipped"] == 1
+    np.testing.assert_array_equal(
+        zarr.open(tmp_path / "out" / "vol.zarr", mode="r")["0"][:], (volume > 127).astype(np.uint8)
+    )
+
+
+def test_overwrite_with_another_model_removes_array_outputs(threshold_onnx: Path, tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    model = onnx.load(str(threshold_onnx))
+    model.doc_string = "another model"  # same answers, another sha256: another model to predict
+    other = tmp_path / "other.onnx"
+    onnx.save(model, str(other))
+    zarr.create_array(tmp_path / "vol.zarr", data=_pages(5, 2, 40, 40), zarr_format=2)
+    tifffile.imwrite(tmp_path / "stack.tif", _pages(6, 3, 40, 40), photometric="minisblack")
+    inputs = [tmp_path / "vol.zarr", tmp_path / "stack.tif"]
+    predict_folder(_config(threshold_onnx, inputs, tmp_path / "out", save_probs="npy"))
+    assert {p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")} >= {
+        "vol.zarr",
+        "vol.probs.zarr",
+        "stack.tif",
+        "stack.probs.zarr",
+    }
+    with pytest.raises(ValueError, match="overwrite"):
+        predict_folder(_config(other, inputs, tmp_path / "out"))
+    summary = predict_folder(_config(other, inputs, tmp_path / "out", overwrite=True))
+    assert summary["replaced_outputs_of_another_model"] == 4
+    assert summary["counts"]["written"] == 2
+    assert not (tmp_path / "out" / "vol.probs.zarr").exists()  # the old model's, gone with it
+
+
+def test_info_describes_a_stack_as_predict_reads_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from fcnx.runtime.cli import main
+
+    tifffile.imwrite(tmp_path / "stack.tif", _pages(7, 5, 40, 30), photometric="minisblack")
+    assert main(["info", str(tmp_path / "stack.tif")]) == 0
+    text = capsys.readouterr().out
+    assert "shape: 5x40x30" in text and "planes: 5" in text and "read: each plane whole" in text, text
+    assert main(["info", str(tmp_path / "stack.tif"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["planes"] == 5 and info["shape"] == [5, 40, 30] and info["dtype"] == "uint8"
+    assert main(["info", str(tmp_path / "missing.zarr")]) == 1
+    assert "missing.zarr" in capsys.readouterr().err
