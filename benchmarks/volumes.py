@@ -1,27 +1,30 @@
 """Stacks, volumes and gigapixel images: what `fcnx predict` does with the arrays users store.
 
-The membrane FCN-2s (``../shared/models``), exported once to a dynamic-size FP32 ONNX, on
-onnxruntime CPU; every ``fcnx predict`` is a subprocess (its peak RSS from ``ru_maxrss``):
+The membrane FCN-2s (``../shared/models``), exported once to a dynamic-size FP32 ONNX (and
+an FP32 OpenVINO IR), default batch and tiles; every ``fcnx predict`` is a subprocess (its
+peak RSS from ``ru_maxrss``):
 
 - **stack**: the 24 real 512² slices as ONE multi-page TIFF (the layout of ISBI's
   ``train-volume.tif``) with their labels as ``train-labels.tif``. ``fcnx predict`` writes one
   multi-page TIFF of masks; page i is compared with the PNG mask ``fcnx predict`` writes for
-  slice i given as a PNG file (same model, same run). The same 24 planes as an OME-Zarr
-  (NGFF 0.5 on Zarr v3) and as an HDF5 dataset: their OME-Zarr label images against the
-  same masks. ``fcnx evaluate`` (Keras) on the stack pair (``--labels``) and on the image/label
-  folder: the same mIoU.
+  slice i given as a PNG file. The same 24 planes as an OME-Zarr (NGFF 0.5 on Zarr v3) and
+  as an HDF5 dataset: their OME-Zarr label images against the same masks. ``fcnx evaluate``
+  (Keras) on the stack pair (``--labels``) and on the image/label folders: the same mIoU.
 - **gigapixel**: mosaics of the real slices (``runtime/arrays/mosaic.py``, written tile by
-  tile, never whole in memory) at 8192² and 16384² as a tiled BigTIFF, an OME-Zarr and (to
-  compare) a PNG, which is decoded whole: peak RSS, seconds, Mpx/s, and how many mask pixels
-  the windowed array path and the whole-image path agree on.
-- **kill and resume**: ``fcnx predict`` on the largest OME-Zarr, SIGKILLed the moment half of
-  its bands are durable (``FCNX_KILL_AT=band-done:...``), then ``--resume``: the rerun's
-  seconds against the uninterrupted run's, and whether the label arrays are identical.
+  tile, never whole in memory) from 8192² to 65536² as a tiled BigTIFF and an OME-Zarr, and
+  (to compare, up to 16384²) a PNG, which is decoded whole: seconds, Mpx/s, peak RSS (flat
+  in the image's size?), and the mask pixels the windowed and the whole-image paths agree
+  on; the models and sizes are ``GIGAPIXEL``.
+- **kill and resume**: the 8192² OME-Zarr run SIGKILLed at random moments, each finished by
+  a rerun: the bands durable at the kill, the rerun's seconds, labels identical?
+- **a 3D volume**: a 16 x 4096 x 4096 OME-Zarr of the slices into OME-Zarr labels.
 
-Writes ``benchmarks/results/volumes.{json,md}``.
+Writes ``benchmarks/results/volumes.{json,md}`` after each part (a long run keeps what it
+has measured).
 
-    python benchmarks/volumes.py            # ~20 min on 2 cores (8192² and 16384²)
-    python benchmarks/volumes.py --quick    # 8192² only (~6 min)
+    python benchmarks/volumes.py            # ~80 min on 2 cores, most of it the 65536² image
+    python benchmarks/volumes.py --sizes 8192 16384   # ~20 min
+    python benchmarks/volumes.py --quick    # 8192² only, ort-cpu, 2 kills (~6 min)
 """
 
 from __future__ import annotations
@@ -139,113 +142,209 @@ def stack(onnx: Path, work: Path, data: Path) -> tuple[list[dict], list[dict]]:
     return rows, evaluations
 
 
-def gigapixel(onnx: Path, work: Path, data: Path, sizes: list[int]) -> tuple[list[dict], dict]:
+# (model, size, inputs measured): a PNG is decoded whole, so only where that fits well.
+# "fp32" is the dynamic-size ONNX on ort-cpu and the FP32 IR on ov-cpu, side by side at
+# 8192²; "int8" (the NNCF INT8 IR on ov-cpu, ~3x ort-cpu on a 2-core EPYC) runs the large
+# sizes, where peak RSS against the image's size is the question: 65536² at ort-cpu's
+# 0.75 Mpx/s on 2 cores would take 95 minutes.
+GIGAPIXEL: tuple[tuple[str, int, tuple[str, ...]], ...] = (
+    ("ort-cpu fp32", 8192, ("png", "tiff", "zarr")),
+    ("ov-cpu fp32", 8192, ("png", "tiff")),
+    ("ov-cpu int8", 8192, ("png", "tiff")),
+    ("ov-cpu int8", 16384, ("png", "tiff", "zarr")),
+    ("ov-cpu int8", 32768, ("tiff",)),
+    ("ov-cpu int8", 65536, ("tiff",)),
+)
+SIZES = sorted({size for _, size, _ in GIGAPIXEL})
+MODELS = sorted({model for model, _, _ in GIGAPIXEL})
+HOW = {
+    "png": "PNG, decoded whole, tiled in memory",
+    "tiff": "tiled BigTIFF, read by windows",
+    "zarr": "OME-Zarr, read by windows",
+}
+
+
+def mosaic_inputs(images: list[np.ndarray], work: Path, size: int, kinds: tuple[str, ...]) -> dict[str, Path]:
+    """The mosaic of the slices at ``size``² as each of ``kinds``, written once, tile by tile."""
     import cv2
 
     from fcnx.runtime.arrays.mosaic import Mosaic, write_mosaic
 
-    _, images, _ = membrane(data)
-    rows, largest = [], {}
-    for size in sizes:
-        tiff, zarr_in, png = (work / f"mosaic-{size}{s}" for s in (".tif", ".zarr", ".png"))
-        if not tiff.exists():
-            write_mosaic(images, tiff, (size, size), "tiff")
-        if not zarr_in.exists():
-            write_mosaic(images, zarr_in, (size, size), "ome-zarr")
-        if not png.exists():  # the PNG path decodes whole anyway: build it whole, once
+    paths = {kind: work / f"mosaic-{size}.{'tif' if kind == 'tiff' else kind}" for kind in kinds}
+    for kind, path in paths.items():
+        if path.exists():
+            continue
+        if kind == "png":  # the PNG path decodes whole anyway: built whole, band by band
             pixels, image = Mosaic(images), np.empty((size, size), np.uint8)
             for y in range(0, size, 512):
                 image[y : y + 512] = pixels.window(0, y, min(size, y + 512), 0, size)
-            assert cv2.imwrite(str(png), image)
+            assert cv2.imwrite(str(path), image)
             del image
-        masks = {}
-        for how, source, output in (
-            ("PNG, decoded whole, tiled in memory", png, f"mosaic-{size}.png"),
-            ("tiled BigTIFF, read by windows", tiff, f"mosaic-{size}.zarr"),
-            ("OME-Zarr, read by windows", zarr_in, f"mosaic-{size}.zarr"),
-        ):
-            out = work / f"out-{size}-{source.suffix[1:]}"
-            run = predict(onnx, [source], out, "--overwrite")
-            masks[how] = out / output
-            rows.append({"size": size, "input": how, "megapixels_per_second": size * size / run["seconds"] / 1e6,
-                         **run})  # fmt: skip
-            print(rows[-1], flush=True)
-        whole = png_mask(masks["PNG, decoded whole, tiled in memory"])
-        for row in rows[-3:]:
-            path = masks[row["input"]]
-            mask = whole if path.suffix == ".png" else label_array(path)[:]
+        else:
+            write_mosaic(images, path, (size, size), "tiff" if kind == "tiff" else "ome-zarr")
+    return paths
+
+
+def gigapixel(
+    model: str, path: Path, work: Path, images: list[np.ndarray], size: int, kinds: tuple[str, ...]
+) -> list[dict]:
+    """Each input kind at ``size``² through one model: seconds, Mpx/s, peak RSS, and the
+    masks against the PNG path's (same model)."""
+    paths = mosaic_inputs(images, work, size, kinds)
+    rows, masks = [], {}
+    tag = model.replace(" ", "-")
+    for kind, source in paths.items():
+        out = work / f"out-{size}-{kind}-{tag}"
+        run = predict(path, [source], out, "--overwrite")
+        masks[kind] = out / (source.name if kind == "png" else f"mosaic-{size}.zarr")
+        rows.append({"size": size, "model": model, "input": HOW[kind],
+                     "megapixels_per_second": size * size / run["seconds"] / 1e6, **run})  # fmt: skip
+        print(rows[-1], flush=True)
+    if "png" in masks:
+        whole = png_mask(masks["png"])
+        for row, kind in zip(rows, masks):
+            mask = whole if kind == "png" else label_array(masks[kind])[:]
             row["agreement_with_png"] = float((mask == whole).mean())
+            row["vs_png"] = row["megapixels_per_second"] / rows[0]["megapixels_per_second"]
         del whole
-        largest = {
-            "size": size,
-            "zarr": zarr_in,
-            "seconds": rows[-1]["seconds"],
-            "reference": masks[rows[-1]["input"]],
-        }
-    return rows, largest
+    return rows
 
 
-def kill_resume(onnx: Path, work: Path, largest: dict) -> dict:
-    from fcnx.runtime.predict.volumes import BAND_ROWS
+def volume3d(model: str, path: Path, work: Path, images: list[np.ndarray], planes: int, size: int) -> dict:
+    """A (planes, size, size) OME-Zarr volume of the slices -> OME-Zarr labels, plane by plane."""
+    from fcnx.runtime.arrays.mosaic import write_mosaic
 
-    size, source = largest["size"], largest["zarr"]
-    bands = -(-size // BAND_ROWS)
-    out = work / f"out-{size}-killed"
-    name = f"mosaic-{size}.zarr"
-    killed = predict(
-        onnx, [source], out, "--overwrite", env={"FCNX_KILL_AT": f"band-done:{name}#{bands // 2}"}
-    )
-    resumed = predict(onnx, [source], out, "--resume")
-    same = bool(np.array_equal(label_array(out / name)[:], label_array(largest["reference"])[:]))
-    row = {"size": size, "bands": bands, "killed_after_bands": bands // 2,
-           "killed_returncode": killed["returncode"], "killed_seconds": killed["seconds"],
-           "resume_seconds": resumed["seconds"], "resume_peak_rss_gib": resumed["peak_rss_gib"],
-           "uninterrupted_seconds": largest["seconds"], "identical": same}  # fmt: skip
+    source = work / f"volume-{planes}x{size}.zarr"
+    if not source.exists():
+        write_mosaic(images, source, (size, size), "ome-zarr", planes=planes)
+    out = work / f"out-volume-{planes}x{size}"
+    run = predict(path, [source], out, "--overwrite")
+    labels = label_array(out / source.name)
+    row = {"model": model, "shape": [planes, size, size], "output_shape": list(labels.shape),
+           "megapixels_per_second": planes * size * size / run["seconds"] / 1e6, **run}  # fmt: skip
     print(row, flush=True)
     return row
+
+
+def journal_bands(out: Path, name: str) -> int:
+    """Bands an unfinished output's journal records as durable (runtime/arrays/band_writer.py)."""
+    from fcnx.runtime.arrays.ome_zarr import JOURNAL
+
+    journal = out / f".{name}{JOURNAL}"
+    if not journal.is_file():
+        return 0
+    return max(0, len(journal.read_bytes().split(b"\n")) - 2)  # the geometry line; after the last newline
+
+
+def kill_resume(
+    onnx: Path, work: Path, size: int, uninterrupted: float, kills: int, seed: int = 0
+) -> list[dict]:
+    """``kills`` runs on the OME-Zarr mosaic SIGKILLed at seeded random moments, each then
+    finished by a rerun: the bands durable at the kill, the rerun's seconds, and
+    whether its labels are identical to the uninterrupted run's."""
+    import random
+    import signal
+
+    from fcnx.runtime.predict.volumes import BAND_ROWS
+
+    name = f"mosaic-{size}.zarr"
+    source, reference = work / name, label_array(work / f"out-{size}-zarr-ort-cpu-fp32" / name)[:]
+    bands, rng, rows = -(-size // BAND_ROWS), random.Random(seed), []
+    for attempt in range(kills):
+        out = work / f"out-{size}-killed-{attempt}"
+        at = rng.uniform(0.15, 0.85) * uninterrupted
+        command = ["fcnx", "predict", str(onnx), str(source), "-o", str(out), "--no-progress", "--overwrite"]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(at)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        durable = journal_bands(out, name)
+        resumed = predict(onnx, [source], out)  # a rerun of the same command resumes
+        same = bool(np.array_equal(label_array(out / name)[:], reference))
+        rows.append({"size": size, "bands": bands, "killed_at_seconds": at, "durable_at_kill": durable,
+                     "recomputed": bands - durable, "uninterrupted_seconds": uninterrupted,
+                     "resume_seconds": resumed["seconds"], "resume_peak_rss_gib": resumed["peak_rss_gib"],
+                     "identical": same})  # fmt: skip
+        print(rows[-1], flush=True)
+    return rows
+
+
+def export_ir(work: Path, data: Path, precision: str) -> Path:
+    xml = work / f"{ARCH}.{precision}.xml"
+    if not xml.is_file():
+        model = SHARED / "models" / f"membrane-{ARCH}"
+        command = ["fcnx", "export", "openvino", str(model), "-o", str(xml), "--data", str(data)]
+        subprocess.run([*command, "--precision", precision], check=True)
+    return xml
 
 
 def pct(value: float) -> str:
     return f"{100 * value:.3f} %"
 
 
+def gib(value: float | None) -> str | None:
+    return None if value is None else f"{value:.2f}"
+
+
 def to_markdown(doc: dict) -> str:
     m, rows = doc["machine"], doc["rows"]
     lines = [
-        f"Measured {doc['date']} on {m['cpu']} ({m['cores']} cores, {m['memory_gib']} GiB), onnxruntime CPU, "
-        "the membrane FCN-2s as a dynamic-size FP32 ONNX; each `fcnx predict` a fresh process "
-        "(seconds include loading the model).",
+        f"Measured {doc['date']} on {m['cpu']} ({m['cores']} cores, {m['memory_gib']} GiB); the membrane FCN-2s "
+        "as a dynamic-size FP32 ONNX on onnxruntime CPU (and as an FP32 OpenVINO IR on ov-cpu where said), "
+        "default batch and tiles (512², overlap 96); each `fcnx predict` a fresh process: seconds include "
+        "loading the model, peak RSS is its `ru_maxrss`.",
         "",
-        "The 24 real slices as a stack (masks against the PNG masks of the same slices, mIoU against "
-        "their labels):",
+        "The 24 real slices as a stack (masks against the PNG masks of the same slices; mIoU against their labels):",
         "",
     ]
     lines += table(
-        ["input", "masks written as", "seconds", "peak RSS GiB", "same masks as the PNG path", "mIoU"],
-        [[r["input"], r["output"], f"{r['seconds']:.1f}", f"{r['peak_rss_gib']:.2f}", pct(r["agreement"]),
+        ["input", "masks written as", "seconds", "peak RSS GiB", "same class ids as the PNG path", "mIoU"],
+        [[r["input"], r["output"], f"{r['seconds']:.1f}", gib(r["peak_rss_gib"]), pct(r["agreement"]),
           f"{r['miou']:.4f}"] for r in rows["stack"]],
     )  # fmt: skip
-    lines += ["`fcnx evaluate` (Keras) of the same model:", ""]
-    lines += table(
-        ["data", "images", "mIoU", "pixel accuracy", "seconds"],
-        [[r["data"], r["images"], f"{r['miou']:.4f}", f"{r['pixel_accuracy']:.4f}", f"{r['seconds']:.1f}"]
-         for r in rows["evaluate"]],
-    )  # fmt: skip
-    lines += ["Gigapixel mosaics of the real slices (masks of the array paths against the PNG path's):", ""]
-    lines += table(
-        ["image", "input", "seconds", "Mpx/s", "peak RSS GiB", "same masks as the PNG path"],
-        [[f"{r['size']}²", r["input"], f"{r['seconds']:.1f}", f"{r['megapixels_per_second']:.2f}",
-          f"{r['peak_rss_gib']:.2f}", pct(r["agreement_with_png"])] for r in rows["gigapixel"]],
-    )  # fmt: skip
-    lines += ["Killed (SIGKILL) when half of its bands were durable, then `--resume`:", ""]
-    lines += table(
-        ["image", "bands", "killed after", "uninterrupted s", "resume s", "resume peak RSS GiB",
-         "labels identical to the uninterrupted run"],
-        [[f"{r['size']}² OME-Zarr", r["bands"], r["killed_after_bands"], f"{r['uninterrupted_seconds']:.1f}",
-          f"{r['resume_seconds']:.1f}", f"{r['resume_peak_rss_gib']:.2f}", "yes" if r["identical"] else "NO"]
-         for r in rows["resume"]],
-    )  # fmt: skip
+    if rows["evaluate"]:
+        lines += ["`fcnx evaluate` (the Keras model) on the folders and on the stack pair:", ""]
+        lines += table(
+            ["data", "images", "mIoU", "pixel accuracy", "seconds"],
+            [[r["data"], r["images"], f"{r['miou']:.4f}", f"{r['pixel_accuracy']:.4f}", f"{r['seconds']:.1f}"]
+             for r in rows["evaluate"]],
+        )  # fmt: skip
+    if rows["gigapixel"]:
+        lines += [
+            "Gigapixel mosaics of the real slices (Mpx/s end to end; masks against the PNG path's):",
+            "",
+        ]
+        lines += table(
+            ["image", "model", "input", "seconds", "Mpx/s", "× the PNG path", "peak RSS GiB",
+             "same class ids as the PNG path"],
+            [[f"{r['size']}²", r["model"], r["input"], f"{r['seconds']:.1f}", f"{r['megapixels_per_second']:.2f}",
+              None if "vs_png" not in r else f"{r['vs_png']:.2f}", gib(r["peak_rss_gib"]),
+              pct(r["agreement_with_png"]) if "agreement_with_png" in r else None] for r in rows["gigapixel"]],
+        )  # fmt: skip
+    if rows.get("volume3d"):
+        lines += ["A 3D OME-Zarr volume of the slices, segmented plane by plane into OME-Zarr labels:", ""]
+        lines += table(
+            ["volume (Z, Y, X)", "model", "seconds", "Mpx/s", "peak RSS GiB", "labels written"],
+            [["x".join(map(str, r["shape"])), r["model"], f"{r['seconds']:.1f}", f"{r['megapixels_per_second']:.2f}",
+              gib(r["peak_rss_gib"]), "x".join(map(str, r["output_shape"]))] for r in rows["volume3d"]],
+        )  # fmt: skip
+    if rows["resume"]:
+        lines += [
+            "SIGKILLed at random moments, then rerun (labels against the uninterrupted run's):",
+            "",
+        ]
+        lines += table(
+            ["image", "killed at s", "bands durable at the kill", "bands the rerun computed", "uninterrupted s",
+             "resume s", "resume peak RSS GiB", "identical"],
+            [[f"{r['size']}² OME-Zarr", f"{r['killed_at_seconds']:.1f}", f"{r['durable_at_kill']} of {r['bands']}",
+              r["recomputed"], f"{r['uninterrupted_seconds']:.1f}", f"{r['resume_seconds']:.1f}",
+              gib(r["resume_peak_rss_gib"]), "yes" if r["identical"] else "NO"] for r in rows["resume"]],
+        )  # fmt: skip
     return "\n".join(lines)
+
+
+PARTS = ("stack", "gigapixel", "resume", "volume3d")
+VOLUME = ("ov-cpu int8", 16, 4096)  # model, planes, plane size
 
 
 def main() -> int:
@@ -255,25 +354,60 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=SHARED / "data" / "membrane")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "volumes")
     parser.add_argument("--results", type=Path, default=HERE / "results")
-    parser.add_argument("--quick", action="store_true", help="8192² only")
-    parser.add_argument("--sizes", type=int, nargs="+", help="mosaic sizes (default: 8192 16384)")
+    parser.add_argument("--quick", action="store_true", help="the stack, 8192² on ort-cpu, 2 kills")
+    parser.add_argument(
+        "--parts", nargs="+", choices=PARTS, default=PARTS, help="what to measure (default: all)"
+    )
+    parser.add_argument("--sizes", type=int, nargs="+", choices=SIZES, help="mosaic sizes (default: all)")
+    parser.add_argument("--models", nargs="+", choices=MODELS, help="gigapixel models (default: all)")
+    parser.add_argument("--kills", type=int, default=5, help="random kills of the 8192² run (default: 5)")
     parser.add_argument(
         "--render", action="store_true", help="only rewrite the Markdown from the results JSON"
     )
     args = parser.parse_args()
+    results = args.results / "volumes.json"
     if args.render:
-        doc = json.loads((args.results / "volumes.json").read_text())
-        (args.results / "volumes.md").write_text(to_markdown(doc))
+        (args.results / "volumes.md").write_text(to_markdown(json.loads(results.read_text())))
         return 0
     args.work.mkdir(parents=True, exist_ok=True)
-    sizes = args.sizes or ([8192] if args.quick else [8192, 16384])
-    onnx = export_dynamic(ARCH, args.work, args.data)
-    rows: dict[str, list[dict]] = {}
-    rows["stack"], rows["evaluate"] = stack(onnx, args.work, args.data)
-    rows["gigapixel"], largest = gigapixel(onnx, args.work, args.data, sizes)
-    rows["resume"] = [kill_resume(onnx, args.work, largest)]
-    write_report(args.results, "volumes", rows, to_markdown)
+    rows: dict[str, list[dict]] = {part: [] for part in (*PARTS, "evaluate")}
+    if set(args.parts) != set(PARTS) and results.is_file():  # a part measured again: the others are kept
+        rows.update(json.loads(results.read_text())["rows"])
+    plan = [g for g in GIGAPIXEL if (args.sizes is None or g[1] in args.sizes)]
+    plan = [g for g in plan if args.models is None or g[0] in args.models]
+    if args.quick:
+        plan = [g for g in plan if g[0] == "ort-cpu fp32"]
+    models = {"ort-cpu fp32": lambda: export_dynamic(ARCH, args.work, args.data),
+              "ov-cpu fp32": lambda: export_ir(args.work, args.data, "fp32"),
+              "ov-cpu int8": lambda: export_ir(args.work, args.data, "int8")}  # fmt: skip
+    onnx = models["ort-cpu fp32"]()
+    if "stack" in args.parts:
+        rows["stack"], rows["evaluate"] = stack(onnx, args.work, args.data)
+        write_report(args.results, "volumes", rows, to_markdown)  # after each part: a long run keeps its rows
+    _, images, _ = membrane(args.data)
+    for model, size, kinds in plan if "gigapixel" in args.parts else ():
+        measured = gigapixel(model, models[model](), args.work, images, size, kinds)
+        kept = [r for r in rows["gigapixel"] if (r["model"], r["size"]) != (model, size)]
+        rows["gigapixel"] = kept + measured
+        write_report(args.results, "volumes", rows, to_markdown)
+        if model == "ort-cpu fp32" and size == 8192 and "resume" in args.parts:  # before the long sizes
+            rows["resume"] = resume(rows, onnx, args.work, 2 if args.quick else args.kills)
+            write_report(args.results, "volumes", rows, to_markdown)
+    if "volume3d" in args.parts and not args.quick:
+        model, planes, size = VOLUME
+        rows["volume3d"] = [volume3d(model, models[model](), args.work, images, planes, size)]
+        write_report(args.results, "volumes", rows, to_markdown)
+    if "resume" in args.parts and "gigapixel" not in args.parts:
+        rows["resume"] = resume(rows, onnx, args.work, 2 if args.quick else args.kills)
+        write_report(args.results, "volumes", rows, to_markdown)
     return 0
+
+
+def resume(rows: dict[str, list[dict]], onnx: Path, work: Path, kills: int) -> list[dict]:
+    """The kills of the 8192² OME-Zarr run (its uninterrupted seconds from the gigapixel rows)."""
+    seconds = next(r["seconds"] for r in rows["gigapixel"]
+                   if (r["model"], r["size"], r["input"]) == ("ort-cpu fp32", 8192, HOW["zarr"]))  # fmt: skip
+    return kill_resume(onnx, work, 8192, seconds, kills)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from .segmenter import FITS, TTAS
 from .tiling import parse_tile
 
 READ_AHEAD_MIB = 1024
-OUTPUT_FORMATS = ("auto", "tiff", "zarr")  # of an array input's masks (auto: by its kind and size)
+OUTPUT_FORMATS = ("auto", "tiff", "zarr", "png")  # of an array input's masks (auto: by its kind and size)
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,9 @@ class PredictConfig:
     )
     output_format: str = opt(
         "auto",
-        "masks of a stack, volume or huge image (runtime/arrays): a multi-page TIFF (page i = plane i) or "
-        "an OME-Zarr label image; auto: TIFF for a TIFF stack, OME-Zarr for Zarr, HDF5 and planes over "
-        "4096x4096",
+        "masks of a stack, volume or huge image (runtime/arrays): a multi-page TIFF (page i = plane i), "
+        "an OME-Zarr label image, or a palette PNG per plane (NAME-z0000.png ..., planes up to 4096x4096); "
+        "auto: TIFF for a TIFF stack, OME-Zarr for Zarr, HDF5 and planes over 4096x4096",
         choices=OUTPUT_FORMATS,
     )
     axes: str | None = opt(

@@ -53,6 +53,27 @@ def image_bytes(segmenter: Segmenter, header: Header, probs_bytes: int = 0, over
     return total
 
 
+def window_bytes(
+    segmenter: Segmenter, header: Header, band_rows: int, bands_held: int, probs_bytes: int = 0
+) -> int:
+    """Bytes one plane read by windows needs (runtime/predict/volumes.py), whatever its
+    height: the rows of tiles read at once with their overlap (and their model-channel
+    copy), the blend accumulator, the rows waiting to fill an output band, the
+    ``bands_held`` output bands queued for or inside the writer (mask and kept
+    probabilities), and the tiles in flight with the model's activations for a batch."""
+    assert segmenter.tile is not None
+    th, tw = segmenter.tile
+    w, channels, classes = header.width, segmenter.card.input_channels, segmenter.card_classes
+    padded_w = -(-w // tw) * tw + tw
+    total = 2 * th * padded_w * (header.bytes_per_pixel + channels)  # a row of tiles + the next one's read
+    total += th * padded_w * (classes + 1) * 4  # accumulator and weights
+    total += th * w * (4 * classes + 8)  # a finished row of tiles: probabilities, argmax
+    total += (band_rows + th) * w * (1 + classes * probs_bytes)  # rows filling a band
+    total += bands_held * band_rows * w * (1 + classes * probs_bytes)
+    total += IN_FLIGHT_BATCHES * segmenter.batch_size * th * tw * (channels + 4 * classes + 1)
+    return total + segmenter.batch_size * th * tw * ACTIVATION_BYTES_PER_PIXEL * ARENA_GROWTH
+
+
 def batch_bytes(segmenter: Segmenter) -> int | None:
     """Bytes a full batch needs whatever the images are (the model's activations for it,
     with the batches in flight), when every piece has one size: tiles, or a fixed-size

@@ -32,13 +32,14 @@ from typing import Any
 
 import numpy as np
 
-from ..arrays.source import ArraySource
-from ..arrays.writers import OUTPUT_FORMATS, MaskWriter, output_path, probs_path
-from ..images import to_uint8
+from ..arrays.source import ArrayInfo, ArraySource
+from ..arrays.writers import OUTPUT_FORMATS, MaskWriter, mask_files, output_path, probs_path
+from ..images import Header, to_uint8
 from ..intensity import Note
 from ..names import shown
 from .config import PredictConfig
 from .inputs import InputFile
+from .memory import available_bytes, describe, image_bytes, window_bytes
 from .plans import Output, Plan
 from .segmenter import Segmenter
 
@@ -58,10 +59,15 @@ def output_format(config: PredictConfig, info_format: str, planes: int, pixels: 
     return "tiff" if "tiff" in info_format and pixels <= WHOLE_PLANE_PIXELS else "zarr"
 
 
-def array_outputs(out: Path, item: InputFile, fmt: str, probs: bool) -> list[Path]:
-    """The outputs of one array input: its masks, then its probabilities (``--save-probs``)."""
-    mask = output_path(out, item.relative, fmt)
-    return [mask, probs_path(mask)] if probs else [mask]
+def array_outputs(
+    out: Path, item: InputFile, fmt: str, probs: bool, info: ArrayInfo
+) -> tuple[Path, list[Path]]:
+    """Where the masks of one array input go (the writer's path), and every output it
+    makes: its masks (one entry, or a PNG per plane), then its probabilities (``--save-probs``)."""
+    target = output_path(out, item.relative, fmt)
+    plane_shape = tuple(info.shape[info.axes.index(a)] for a in info.plane_axes)
+    files = mask_files(target, fmt, info.plane_axes, plane_shape)
+    return target, [*files, probs_path(target)] if probs else files
 
 
 @dataclass(frozen=True)
@@ -70,7 +76,8 @@ class ArrayPlan:
 
     item: InputFile
     format: str  # the output format
-    outputs: list[Path]
+    target: Path  # the writer's path: the output, or the base of a PNG sequence
+    outputs: list[Path]  # every file or folder it writes (what --overwrite removes, resume checks)
 
 
 class Bands:
@@ -155,6 +162,29 @@ def _describe(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
+def windowed(info: ArrayInfo) -> bool:
+    """Whether the planes of an array input are read by windows (else whole)."""
+    return info.height * info.width > WHOLE_PLANE_PIXELS
+
+
+def admit(segmenter: Segmenter, info: ArrayInfo, probs: bool) -> None:
+    """Refuse, before any pixel is read, an input whose planes would not fit in the memory
+    available (an out-of-memory kill is not a failure a run can record)."""
+    header = Header(info.width, info.height, np.dtype(info.dtype).itemsize * info.channels)
+    probs_bytes = 2 if probs else 0
+    if windowed(info):
+        need = window_bytes(segmenter, header, BAND_ROWS, WRITES_IN_FLIGHT + 1, probs_bytes)
+    else:  # a plane being read ahead, one in the model, one being written
+        need = image_bytes(segmenter, header, probs_bytes) + 2 * header.pixels * header.bytes_per_pixel
+    free = available_bytes()
+    if free is not None and need > free:
+        how = "by windows" if windowed(info) else "whole"
+        raise ValueError(
+            f"planes of {info.width}x{info.height} read {how} need about {describe(need)} to segment "
+            f"({segmenter.describe()}, batch {segmenter.batch_size}); {describe(free)} is available"
+        )
+
+
 class ArrayRun:
     """Segment one array input into its writer (see the module's doc)."""
 
@@ -174,6 +204,10 @@ class ArrayRun:
         self.probs = bool(config.save_probs)
         self.failed: dict[int, str] = {}  # plane -> why
 
+    @property
+    def windowed(self) -> bool:
+        return windowed(self.info)
+
     def where(self, plane: int) -> str:
         label = self.info.plane_label(plane)
         return f"{label}: " if label else ""
@@ -184,7 +218,7 @@ class ArrayRun:
         writes = BandWrites(self.writer)
         finished = False
         try:
-            if self.info.height * self.info.width <= WHOLE_PLANE_PIXELS:
+            if not self.windowed:
                 self._whole_planes(todo, done, writes)
             else:
                 for plane in todo:
@@ -277,8 +311,13 @@ def segment_array(
     with source:
         info = source.info
         try:
+            admit(segmenter, info, bool(config.save_probs))
+        except ValueError as exc:
+            report(item.path, "read", _describe(exc))
+            return
+        try:
             writer = OUTPUT_FORMATS[plan.format](
-                plan.outputs[0],
+                plan.target,
                 info.planes,
                 info.height,
                 info.width,
@@ -306,7 +345,7 @@ def segment_array(
         except (KeyboardInterrupt, MemoryError):
             raise
         except Exception as exc:
-            report(item.path, "write", f"{shown(plan.outputs[0])}: {_describe(exc)}")
+            report(item.path, "write", f"{shown(plan.target)}: {_describe(exc)}")
             return
         finally:
             if not finished:  # what is durable stays for a rerun
@@ -330,9 +369,9 @@ def plan_arrays(
         except Exception as exc:
             failed(item, _describe(exc))
             continue
-        plans.append(ArrayPlan(item, fmt, array_outputs(out, item, fmt, bool(config.save_probs))))
+        plans.append(ArrayPlan(item, fmt, *array_outputs(out, item, fmt, bool(config.save_probs), info)))
     return plans
 
 
 def array_summary(plans: list[ArrayPlan]) -> list[dict[str, Any]]:
-    return [{"input": p.item.path, "output": str(p.outputs[0]), "format": p.format} for p in plans]
+    return [{"input": p.item.path, "output": str(p.target), "format": p.format} for p in plans]

@@ -41,8 +41,12 @@ def volumes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
     inputs = root / "in"
     inputs.mkdir()
     rng = np.random.default_rng(3)
-    tifffile.imwrite(inputs / "stack.tif", rng.integers(0, 256, (12, 90, 70), np.uint8), photometric="minisblack")
-    zarr.create_array(inputs / "vol.zarr", data=rng.integers(0, 256, (5, 64, 80), np.uint8), chunks=(1, 32, 32))
+    tifffile.imwrite(
+        inputs / "stack.tif", rng.integers(0, 256, (12, 90, 70), np.uint8), photometric="minisblack"
+    )
+    zarr.create_array(
+        inputs / "vol.zarr", data=rng.integers(0, 256, (5, 64, 80), np.uint8), chunks=(1, 32, 32)
+    )
     big = zarr.create_array(inputs / "big.zarr", shape=(1, BIG, BIG), chunks=(1, 512, 512), dtype="uint8")
     for y in range(0, BIG, 512):  # band by band: the test never holds the plane twice
         big[0, y : y + 512] = rng.integers(0, 256, (min(512, BIG - y), BIG), np.uint8)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from fcnx.runtime.arrays import mosaic as mosaic_module
 from fcnx.runtime.arrays import ome_zarr, tiff_stack
@@ -710,3 +711,38 @@ def test_mosaic_arguments_are_checked(tmp_path: Path, slices: list[np.ndarray]) 
     with pytest.raises(ValueError, match="2D"):
         write_mosaic(slices, tmp_path / "m.tif", (64, 64), planes=2, levels=2)
     assert os.listdir(tmp_path) == []
+
+
+# -- PNG per plane (--output-format png) -----------------------------------------------------
+
+
+def test_png_planes_are_named_by_their_axes_and_written_when_complete(tmp_path: Path) -> None:
+    from fcnx.runtime.arrays.png_planes import PngPlanesWriter, plane_names
+
+    assert plane_names("vol", "", ()) == ["vol.png"]
+    assert plane_names("vol", "TZ", (2, 3))[:4] == ["vol-t0000-z0000.png", "vol-t0000-z0001.png",
+                                                     "vol-t0000-z0002.png", "vol-t0001-z0000.png"]  # fmt: skip
+    assert plane_names("vol", "Z", (12345,))[-1] == "vol-z12344.png"
+    writer = PngPlanesWriter(tmp_path / "vol", 2, 70, 30, 32, CARD)
+    masks = np.random.default_rng(0).integers(0, 3, (2, 70, 30), dtype=np.uint8)
+    writer.write_band(0, 0, masks[0, :32])
+    assert writer.done() == set() and not (tmp_path / "vol-z0000.png").exists()  # plane 0 incomplete
+    writer.write_band(0, 32, masks[0, 32:])
+    assert writer.done() == {(0, 0), (0, 32), (0, 64)}
+    with pytest.raises(ValueError, match="1 plane masks not written yet"):
+        writer.finish()
+    writer.write_band(1, 0, masks[1])
+    writer.finish()
+    for i in range(2):
+        with Image.open(tmp_path / f"vol-z{i:04d}.png") as image:
+            assert image.mode == "P"
+            np.testing.assert_array_equal(np.asarray(image), masks[i])
+    again = PngPlanesWriter(tmp_path / "vol", 2, 70, 30, 32, CARD)
+    assert again.done() == again.all_bands()
+
+
+def test_png_planes_refuse_planes_read_by_windows(tmp_path: Path) -> None:
+    from fcnx.runtime.arrays.png_planes import PngPlanesWriter
+
+    with pytest.raises(ValueError, match="need --output-format zarr or tiff"):
+        PngPlanesWriter(tmp_path / "big", 1, 5000, 4000, 512, CARD)

@@ -68,6 +68,23 @@ def test_a_tiff_stack_gets_one_mask_page_per_plane_equal_to_its_png(
     predict_folder(_config(threshold_onnx, [tmp_path / "in"], tmp_path / "out_zarr", output_format="zarr"))
     np.testing.assert_array_equal(zarr.open(tmp_path / "out_zarr" / "stack.zarr", mode="r")["0"][:], masks)
 
+    # PNG per plane: the very bytes each slice gets as a PNG file; resumed plane by plane
+    predict_folder(_config(threshold_onnx, [tmp_path / "in"], tmp_path / "out_seq", output_format="png"))
+    names = sorted(p.name for p in (tmp_path / "out_seq").glob("*.png"))
+    assert names == [f"stack-z{i:04d}.png" for i in range(5)]
+    for i in range(5):
+        assert (tmp_path / "out_seq" / f"stack-z{i:04d}.png").read_bytes() == (
+            tmp_path / "out_png" / f"{i}.png"
+        ).read_bytes()
+    (tmp_path / "out_seq" / "stack-z0003.png").unlink()
+    again = predict_folder(
+        _config(threshold_onnx, [tmp_path / "in"], tmp_path / "out_seq", output_format="png")
+    )
+    assert again["counts"]["written"] == 1
+    assert (tmp_path / "out_seq" / "stack-z0003.png").read_bytes() == (
+        tmp_path / "out_png" / "3.png"
+    ).read_bytes()
+
 
 def test_zarr_and_hdf5_volumes_become_ome_zarr_labels(threshold_onnx: Path, tmp_path: Path) -> None:
     volume = _pages(1, 3, 150, 130)
@@ -188,3 +205,21 @@ def test_info_describes_a_stack_as_predict_reads_it(tmp_path: Path, capsys: pyte
     assert info["planes"] == 5 and info["shape"] == [5, 40, 30] and info["dtype"] == "uint8"
     assert main(["info", str(tmp_path / "missing.zarr")]) == 1
     assert "missing.zarr" in capsys.readouterr().err
+
+
+def test_an_array_too_large_for_the_memory_left_fails_alone_before_reading(
+    threshold_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(volumes, "WHOLE_PLANE_PIXELS", 100 * 100)
+    small, large = _pages(1, 2, 60, 50), _pages(2, 1, 300, 2000)
+    zarr.create_array(tmp_path / "small.zarr", data=small)
+    zarr.create_array(tmp_path / "large.zarr", data=large, chunks=(1, 64, 64))
+    monkeypatch.setattr(volumes, "available_bytes", lambda: 40 << 20)  # less than a batch of 512² tiles
+    summary = predict_folder(
+        _config(threshold_onnx, [tmp_path / "small.zarr", tmp_path / "large.zarr"], tmp_path / "out")
+    )
+    assert summary["counts"]["written"] == 1 and summary["counts"]["failed"] == 1, summary
+    failure = json.loads((tmp_path / "out" / "failures.jsonl").read_text())
+    assert "large.zarr" in failure["path"] and "by windows need about" in failure["reason"], failure
+    assert "40 MiB is available" in failure["reason"]
+    assert not (tmp_path / "out" / "large.zarr").exists()
