@@ -74,6 +74,7 @@ def predict(onnx: Path, inputs: list[Path | str], out: Path, *extra: str, env: d
 def png_mask(path: Path) -> np.ndarray:
     from PIL import Image
 
+    Image.MAX_IMAGE_PIXELS = None  # our own masks, 16384² and up
     with Image.open(path) as image:
         return np.asarray(image)
 
@@ -274,12 +275,15 @@ def export_ir(work: Path, data: Path, precision: str) -> Path:
     if not xml.is_file():
         model = SHARED / "models" / f"membrane-{ARCH}"
         command = ["fcnx", "export", "openvino", str(model), "-o", str(xml), "--data", str(data)]
-        subprocess.run([*command, "--precision", precision], check=True)
+        calib = (
+            ["--calib", str(data), "--calib-count", "20"] if precision == "int8" else []
+        )  # as cpu_suite.py
+        subprocess.run([*command, "--precision", precision, *calib], check=True)
     return xml
 
 
 def pct(value: float) -> str:
-    return f"{100 * value:.3f} %"
+    return "identical" if value == 1.0 else f"{100 * value:.4f} %"
 
 
 def gib(value: float | None) -> str | None:
@@ -290,9 +294,9 @@ def to_markdown(doc: dict) -> str:
     m, rows = doc["machine"], doc["rows"]
     lines = [
         f"Measured {doc['date']} on {m['cpu']} ({m['cores']} cores, {m['memory_gib']} GiB); the membrane FCN-2s "
-        "as a dynamic-size FP32 ONNX on onnxruntime CPU (and as an FP32 OpenVINO IR on ov-cpu where said), "
-        "default batch and tiles (512², overlap 96); each `fcnx predict` a fresh process: seconds include "
-        "loading the model, peak RSS is its `ru_maxrss`.",
+        "as a dynamic-size FP32 ONNX on onnxruntime CPU, and as FP32 and NNCF INT8 OpenVINO IRs on ov-cpu "
+        "(the model column), default batch and tiles (512², overlap 96); each `fcnx predict` a fresh "
+        "process: seconds include loading the model, peak RSS is its `ru_maxrss`.",
         "",
         "The 24 real slices as a stack (masks against the PNG masks of the same slices; mIoU against their labels):",
         "",

@@ -29,7 +29,14 @@ from .failures import FailureLog
 from .inputs import InputFile, Task, check_outputs, collect_inputs
 from .local import run_local
 from .lock import OutputLock
-from .manifest import Manifest, claim_folder, fingerprint, record_outputs, remove_stale_temp_files
+from .manifest import (
+    Manifest,
+    claim_folder,
+    fingerprint,
+    record_outputs,
+    remove_outputs,
+    remove_stale_temp_files,
+)
 from .memory import check_batch
 from .outputs import OVERLAY_SUFFIX, output_paths
 from .ray import run_on_ray
@@ -248,6 +255,8 @@ def predict_folder(config: PredictConfig, backend: Backend | None = None) -> dic
                 else:
                     run_local(config, segmenter, image_tasks, report, lock.run_id, progress.pieces, notes)
                     for plan in array_tasks:
+                        if not resume:  # --overwrite computes them again, as it does image files
+                            remove_outputs([*plan.outputs, plan.target])
                         segment_array(config, segmenter, plan, report, lock.run_id, progress.pieces, notes)
             except KeyboardInterrupt as exc:
                 interruption = exc

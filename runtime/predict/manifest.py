@@ -167,12 +167,19 @@ def remove_recorded_outputs(out: Path) -> int:
         if folder != root and not folder.startswith(root + os.sep):
             raise _list_error(out, f"{shown(rel)} leads outside {out} (through a link to {shown(folder)})")
         targets.append(target)
+    removed = remove_outputs(targets)
+    (out / OUTPUTS_NAME).unlink(missing_ok=True)
+    return removed
+
+
+def remove_outputs(targets: list[Path]) -> int:
+    """Delete these outputs (paths below OUT that fcnx plans or recorded) and what an
+    unfinished write of an array output left beside each; returns how many outputs."""
     removed = 0
     for target in targets:
         for progress in progress_paths(target):  # an array output's unfinished write
             _remove(progress)
         removed += _remove(target)
-    (out / OUTPUTS_NAME).unlink(missing_ok=True)
     return removed
 
 

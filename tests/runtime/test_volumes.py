@@ -223,3 +223,17 @@ def test_an_array_too_large_for_the_memory_left_fails_alone_before_reading(
     assert "large.zarr" in failure["path"] and "by windows need about" in failure["reason"], failure
     assert "40 MiB is available" in failure["reason"]
     assert not (tmp_path / "out" / "large.zarr").exists()
+
+
+def test_overwrite_with_the_same_model_computes_array_outputs_again(
+    threshold_onnx: Path, tmp_path: Path
+) -> None:
+    tifffile.imwrite(tmp_path / "stack.tif", _pages(8, 3, 40, 30), photometric="minisblack")
+    config = _config(threshold_onnx, [tmp_path / "stack.tif"], tmp_path / "out", output_format="zarr")
+    predict_folder(config)
+    marker = tmp_path / "out" / "stack.zarr" / "stale"
+    marker.write_text("left by the first run")
+    again = predict_folder(_config(threshold_onnx, [tmp_path / "stack.tif"], tmp_path / "out",
+                                   output_format="zarr", overwrite=True))  # fmt: skip
+    assert again["counts"]["written"] == 1 and not marker.exists()  # a new output, not the old one kept
+    assert predict_folder(config)["counts"]["skipped"] == 1  # a plain rerun keeps it
