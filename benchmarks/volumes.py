@@ -22,7 +22,7 @@ peak RSS from ``ru_maxrss``):
 Writes ``benchmarks/results/volumes.{json,md}`` after each part (a long run keeps what it
 has measured).
 
-    python benchmarks/volumes.py            # ~80 min on 2 cores, most of it the 65536² image
+    python benchmarks/volumes.py            # ~75 min on 2 cores, 35 of them the 65536² image
     python benchmarks/volumes.py --sizes 8192 16384   # ~20 min
     python benchmarks/volumes.py --quick    # 8192² only, ort-cpu, 2 kills (~6 min)
 """
@@ -313,6 +313,8 @@ def to_markdown(doc: dict) -> str:
             [[r["data"], r["images"], f"{r['miou']:.4f}", f"{r['pixel_accuracy']:.4f}", f"{r['seconds']:.1f}"]
              for r in rows["evaluate"]],
         )  # fmt: skip
+    order = list(dict.fromkeys(model for model, _, _ in GIGAPIXEL))
+    rows["gigapixel"] = sorted(rows["gigapixel"], key=lambda r: (order.index(r["model"]), r["size"]))
     if rows["gigapixel"]:
         lines += [
             "Gigapixel mosaics of the real slices (Mpx/s end to end; masks against the PNG path's):",
