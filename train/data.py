@@ -46,14 +46,14 @@ class Pair:
 def _is_stack(path: Path) -> bool:
     if path.suffix.lower() not in (".tif", ".tiff"):
         return False
-    from fcnx.runtime.arrays.source import is_array_input
+    from fcnx.runtime.arrays.readers import is_array_input
 
     return is_array_input(path)
 
 
 def _planes(path: Path) -> tuple[int, int, int]:
     """(planes, height, width) of a stack."""
-    from fcnx.runtime.arrays.source import open_array
+    from fcnx.runtime.arrays.readers import open_array
 
     with open_array(str(path)) as source:
         return source.info.planes, source.info.height, source.info.width
@@ -81,7 +81,7 @@ def _read_pair(pair: Pair, intensity: str, notes: Note | None) -> tuple[np.ndarr
     """The image (uint8 (H, W, 3)) and label (as stored) of a pair, a page of a stack too."""
     if pair.page is None:
         return read_image(pair.image, 3, intensity=intensity, note=notes), read_label(pair.label)
-    from fcnx.runtime.arrays.source import open_array
+    from fcnx.runtime.arrays.readers import open_array
     from fcnx.runtime.images import to_channels, to_uint8
 
     with open_array(str(pair.image)) as source:

@@ -33,7 +33,8 @@ ARRAY_SPEC = re.compile(
 
 def describe_array(spec: str, axes: str | None = None, level: int = 0) -> dict[str, Any]:
     """What fcnx predict reads of an array input, and how (planes whole or by windows)."""
-    from fcnx.runtime.arrays.source import describe, open_array
+    from fcnx.runtime.arrays.readers import open_array
+    from fcnx.runtime.arrays.source import describe
     from fcnx.runtime.predict.volumes import WHOLE_PLANE_PIXELS
 
     with open_array(spec, axes, level) as source:

@@ -51,7 +51,7 @@ def _is_array_file(path: Path) -> bool:
         return True
     if suffix not in (".tif", ".tiff"):
         return False
-    from ..arrays.source import is_array_input
+    from ..arrays.readers import is_array_input
     from ..backends.base import MissingExtra
 
     try:

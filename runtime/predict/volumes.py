@@ -300,7 +300,7 @@ def segment_array(
     note: Note | None = None,
 ) -> None:
     """One array input, start to finish (or to a one-line failure naming the plane)."""
-    from ..arrays.source import open_array  # the readers: only when there are array inputs
+    from ..arrays.readers import open_array  # the readers: only when there are array inputs
 
     item = plan.item
     try:
@@ -360,7 +360,7 @@ def plan_arrays(
     cannot be opened goes to ``failed`` and the others go on."""
     plans = []
     for item in items:
-        from ..arrays.source import open_array  # the readers: only when there are array inputs
+        from ..arrays.readers import open_array  # the readers: only when there are array inputs
 
         try:
             with open_array(item.path, config.axes, config.level) as source:

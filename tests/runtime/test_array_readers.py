@@ -19,14 +19,8 @@ zarr = pytest.importorskip("zarr", reason="the volumes extra (zarr) is not insta
 h5py = pytest.importorskip("h5py", reason="the volumes extra (h5py) is not installed")
 pytest.importorskip("imagecodecs", reason="the volumes extra (imagecodecs) is not installed")
 
-from fcnx.runtime.arrays.source import (  # noqa: E402
-    ArrayError,
-    ArrayInfo,
-    ArraySource,
-    describe,
-    is_array_input,
-    open_array,
-)
+from fcnx.runtime.arrays.readers import is_array_input, open_array  # noqa: E402
+from fcnx.runtime.arrays.source import ArrayError, ArrayInfo, ArraySource, describe  # noqa: E402
 from fcnx.runtime.backends.base import MissingExtra  # noqa: E402
 
 RNG = np.random.default_rng(7)

@@ -554,10 +554,10 @@ def test_output_path_stays_below_the_output_folder(relative: str) -> None:
 
 
 def test_output_path_knows_its_formats() -> None:
-    assert sorted(OUTPUT_FORMATS) == ["tiff", "zarr"]
+    assert sorted(OUTPUT_FORMATS) == ["png", "tiff", "zarr"]
     assert OUTPUT_FORMATS["tiff"] is TiffStackWriter and OUTPUT_FORMATS["zarr"] is OmeZarrLabelWriter
     with pytest.raises(ValueError, match="output format"):
-        output_path(Path("/out"), "x.tif", "png")
+        output_path(Path("/out"), "x.tif", "bmp")
 
 
 def test_base_and_probs_names() -> None:
