@@ -229,7 +229,7 @@ def volume3d(model: str, path: Path, work: Path, images: list[np.ndarray], plane
 
 def journal_bands(out: Path, name: str) -> int:
     """Bands an unfinished output's journal records as durable (runtime/arrays/band_writer.py)."""
-    from fcnx.runtime.arrays.ome_zarr import JOURNAL
+    from fcnx.runtime.arrays.zarr_bands import JOURNAL
 
     journal = out / f".{name}{JOURNAL}"
     if not journal.is_file():

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..atomic import atomic_write_bytes, remove_stale_temps
 from .band_writer import BAND_DONE, BAND_WRITTEN, MaskWriter, band_starts, fault_point
-from .ome_zarr import ProbsZarrWriter
+from .zarr_bands import ProbsZarrWriter
 
 MAX_PIXELS = 4096 * 4096  # a plane's mask is held whole until it is complete
 

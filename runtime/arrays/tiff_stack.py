@@ -38,7 +38,7 @@ from .band_writer import (
     fsync_path,
     require,
 )
-from .ome_zarr import ProbsZarrWriter
+from .zarr_bands import ProbsZarrWriter
 
 PARTS = ".fcnx-parts"
 TILE = 512  # tile side of tiled pages

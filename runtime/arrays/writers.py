@@ -23,9 +23,10 @@ import re
 from pathlib import Path, PurePosixPath
 
 from .band_writer import MaskWriter, base_name, probs_path
-from .ome_zarr import JOURNAL, PARTIAL, OmeZarrLabelWriter, ProbsZarrWriter
+from .ome_zarr import OmeZarrLabelWriter
 from .png_planes import PngPlanesWriter, plane_names
 from .tiff_stack import PARTS, TiffStackWriter
+from .zarr_bands import JOURNAL, PARTIAL, ProbsZarrWriter
 
 __all__ = [
     "OUTPUT_FORMATS",

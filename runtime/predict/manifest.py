@@ -20,9 +20,9 @@ import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..arrays.ome_zarr import PARTIAL
 from ..arrays.tiff_stack import PARTS
 from ..arrays.writers import progress_paths
+from ..arrays.zarr_bands import PARTIAL
 from ..atomic import atomic_write_text, is_temp_name
 from ..card import sha256_file
 from ..names import is_os_name, shown
