@@ -41,13 +41,7 @@ def image_bytes(segmenter: Segmenter, header: Header, probs_bytes: int = 0, over
         total += pixels * channels
     total += pixels * classes * probs_bytes + (pixels * 3 * 3 if overlay else 0)
     if segmenter.tiled((h, w)):
-        assert segmenter.tile is not None
-        th, tw = segmenter.tile
-        padded_w = -(-w // tw) * tw + tw
-        total += th * padded_w * (classes + 1) * 4  # accumulator and weights
-        total += th * w * (4 * classes + 8)  # a finished band: probabilities, argmax
-        total += IN_FLIGHT_BATCHES * segmenter.batch_size * th * tw * (channels + 4 * classes + 1)
-        total += segmenter.batch_size * th * tw * ACTIVATION_BYTES_PER_PIXEL * ARENA_GROWTH
+        total += _tiling_bytes(segmenter, w)
     else:
         total += pixels * (ACTIVATION_BYTES_PER_PIXEL + 4 * classes * len(segmenter.passes))
     return total
@@ -66,10 +60,21 @@ def window_bytes(
     w, channels, classes = header.width, segmenter.card.input_channels, segmenter.card_classes
     padded_w = -(-w // tw) * tw + tw
     total = 2 * th * padded_w * (header.bytes_per_pixel + channels)  # a row of tiles + the next one's read
-    total += th * padded_w * (classes + 1) * 4  # accumulator and weights
-    total += th * w * (4 * classes + 8)  # a finished row of tiles: probabilities, argmax
     total += (band_rows + th) * w * (1 + classes * probs_bytes)  # rows filling a band
     total += bands_held * band_rows * w * (1 + classes * probs_bytes)
+    return total + _tiling_bytes(segmenter, w)
+
+
+def _tiling_bytes(segmenter: Segmenter, width: int) -> int:
+    """What tiled inference holds for an image of this width, whole or windowed: the blend
+    accumulator and weights, a finished band (probabilities, argmax), the batches of tiles
+    in flight and the model's activations for one."""
+    assert segmenter.tile is not None
+    th, tw = segmenter.tile
+    channels, classes = segmenter.card.input_channels, segmenter.card_classes
+    padded_w = -(-width // tw) * tw + tw
+    total = th * padded_w * (classes + 1) * 4  # accumulator and weights
+    total += th * width * (4 * classes + 8)  # a finished band: probabilities, argmax
     total += IN_FLIGHT_BATCHES * segmenter.batch_size * th * tw * (channels + 4 * classes + 1)
     return total + segmenter.batch_size * th * tw * ACTIVATION_BYTES_PER_PIXEL * ARENA_GROWTH
 
