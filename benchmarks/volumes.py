@@ -246,11 +246,13 @@ def kill_resume(
     import random
     import signal
 
+    from fcnx.runtime.arrays.ome_zarr import STRIP_COLUMNS
     from fcnx.runtime.predict.volumes import BAND_ROWS
 
     name = f"mosaic-{size}.zarr"
     source, reference = work / name, label_array(work / f"out-{size}-zarr-ort-cpu-fp32" / name)[:]
-    bands, rng, rows = -(-size // BAND_ROWS), random.Random(seed), []
+    bands = -(-size // BAND_ROWS) * -(-size // STRIP_COLUMNS)  # rows of bands x column strips
+    rng, rows = random.Random(seed), []
     for attempt in range(kills):
         out = work / f"out-{size}-killed-{attempt}"
         at = rng.uniform(0.15, 0.85) * uninterrupted

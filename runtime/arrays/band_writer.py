@@ -7,6 +7,12 @@ the same path says which bands a killed run finished, so a resume computes only 
 ``band`` is the number of rows per band (the Segmenter's tile-row step): a band is the unit
 of writing, of durability and of resume, and output chunks are cut on band borders so no
 chunk is ever written twice.
+
+A writer whose format can be written by columns (a Zarr array) also cuts planes wider than
+its ``strip`` into column strips: a band is then (plane, y0, x0), the rows y0.. of the
+strip starting at column x0, and a wide plane is segmented strip by strip, so the rows in
+memory are a strip's width whatever the plane's (memory does not grow with the image).
+Formats written row by row (TIFF, PNG) have one strip, the plane's width (x0 is 0).
 """
 
 from __future__ import annotations
@@ -96,6 +102,17 @@ def band_starts(height: int, band: int) -> range:
     return range(0, height, band)
 
 
+Band = tuple[int, int, int]  # (plane, y0, x0): the rows y0.. of the column strip at x0
+
+
+def chunk_columns(strip: int, limit: int) -> int:
+    """A chunk width that divides ``strip`` (so no chunk straddles two strips): ``strip``
+    halved while it is over ``limit`` and even."""
+    while strip > limit and strip % 2 == 0:
+        strip //= 2
+    return strip
+
+
 def plane_shape_for(planes: int, plane_axes: str, plane_shape: tuple[int, ...] | None) -> tuple[int, ...]:
     """The plane axes' lengths: ``(planes,)`` for one axis, ``()`` for a single 2D image."""
     if plane_shape is None:
@@ -116,9 +133,11 @@ class MaskWriter(ABC):
     (needed for more than one axis); plane numbers run row-major over them, as
     ``ArrayInfo.plane_index``. ``probs``: None, or the dtype of a probabilities array
     written beside the masks ("float16" or "uint8" 0..255; the flag values "npy"/"png" of
-    ``--save-probs`` mean the same)."""
+    ``--save-probs`` mean the same). ``strip``: the column strip width of a format written
+    by columns (default ``STRIP``); formats written by rows ignore it."""
 
     suffix: ClassVar[str]  # the output's file suffix
+    STRIP: ClassVar[int | None] = None  # column strips of this width, or None: written by rows
 
     def __init__(
         self,
@@ -132,6 +151,7 @@ class MaskWriter(ABC):
         run_id: str = "",
         plane_axes: str | None = None,
         plane_shape: tuple[int, ...] | None = None,
+        strip: int | None = None,
     ) -> None:
         if min(planes, height, width, band) < 1:
             raise ValueError(
@@ -147,18 +167,32 @@ class MaskWriter(ABC):
         self.run_id = run_id
         self.plane_axes = plane_axes if plane_axes is not None else ("Z" if planes > 1 else "")
         self.plane_shape = plane_shape_for(planes, self.plane_axes, plane_shape)
+        self.strip = self.strip_width(width, strip)
         self._lock = threading.Lock()
+
+    @classmethod
+    def strip_width(cls, width: int, strip: int | None = None) -> int:
+        """The column strip width this format cuts planes of ``width`` into."""
+        if cls.STRIP is None:
+            return width
+        strip = strip or cls.STRIP
+        if strip < 1:
+            raise ValueError(f"strip must be >= 1, got {strip}")
+        return min(strip, width)
 
     # -- the interface ------------------------------------------------------------------
 
     @abstractmethod
-    def done(self) -> set[tuple[int, int]]:
-        """(plane, y0) of every band already durable (a killed run's, or this one's)."""
+    def done(self) -> set[Band]:
+        """(plane, y0, x0) of every band already durable (a killed run's, or this one's)."""
 
     @abstractmethod
-    def write_band(self, plane: int, y0: int, mask: np.ndarray, probs: np.ndarray | None = None) -> None:
-        """Rows ``y0 .. y0 + len(mask)`` of ``plane``: one band, or several whole bands at once
-        (the last band of a plane may be shorter). Durable when it returns."""
+    def write_band(
+        self, plane: int, y0: int, mask: np.ndarray, probs: np.ndarray | None = None, x0: int = 0
+    ) -> None:
+        """Rows ``y0 .. y0 + len(mask)`` of ``plane``'s strip at column ``x0``: one band, or
+        several whole bands at once (the last band of a plane may be shorter). Durable when
+        it returns."""
 
     @abstractmethod
     def finish(self) -> None:
@@ -171,45 +205,55 @@ class MaskWriter(ABC):
 
     # -- shared helpers -----------------------------------------------------------------
 
-    def all_bands(self) -> set[tuple[int, int]]:
-        return {(p, y) for p in range(self.planes) for y in band_starts(self.height, self.band)}
+    def column_starts(self) -> range:
+        """Where the column strips start."""
+        return range(0, self.width, self.strip)
+
+    def all_bands(self) -> set[Band]:
+        return {
+            (p, y, x)
+            for p in range(self.planes)
+            for y in band_starts(self.height, self.band)
+            for x in self.column_starts()
+        }
 
     def plane_index(self, plane: int) -> tuple[int, ...]:
         """Plane number -> its index on each plane axis (row-major)."""
         return tuple(int(i) for i in np.unravel_index(plane, self.plane_shape)) if self.plane_shape else ()
 
     def check_band(
-        self, plane: int, y0: int, mask: np.ndarray, probs: np.ndarray | None
-    ) -> list[tuple[int, int]]:
-        """The bands (plane, y0) that ``mask`` covers; a ValueError naming the output when the
-        arguments do not fit the writer's geometry."""
+        self, plane: int, y0: int, mask: np.ndarray, probs: np.ndarray | None, x0: int = 0
+    ) -> list[Band]:
+        """The bands (plane, y0, x0) that ``mask`` covers; a ValueError naming the output when
+        the arguments do not fit the writer's geometry."""
         rows = mask.shape[0] if mask.ndim == 2 else -1
-        where = f"{self.path}: plane {plane} rows {y0}.."
+        where = f"{self.path}: plane {plane} rows {y0}.." + (f" columns {x0}.." if x0 else "")
         if not 0 <= plane < self.planes:
             raise ValueError(f"{where}: plane must be in 0..{self.planes - 1}")
         if y0 % self.band or not 0 <= y0 < self.height:
             raise ValueError(f"{where}: y0 must be a multiple of the band ({self.band}) below {self.height}")
-        if mask.dtype != np.uint8 or mask.ndim != 2 or mask.shape[1] != self.width:
-            raise ValueError(
-                f"{where}: a mask band is uint8 (rows, {self.width}), got {mask.dtype} {mask.shape}"
-            )
+        if x0 % self.strip or not 0 <= x0 < self.width:
+            raise ValueError(f"{where}: x0 must be a multiple of the strip ({self.strip}) below {self.width}")
+        width = min(self.strip, self.width - x0)
+        if mask.dtype != np.uint8 or mask.ndim != 2 or mask.shape[1] != width:
+            raise ValueError(f"{where}: a mask band is uint8 (rows, {width}), got {mask.dtype} {mask.shape}")
         end = y0 + rows
         if rows < 1 or end > self.height or (rows % self.band and end != self.height):
             raise ValueError(
                 f"{where}: a band has {self.band} rows (fewer only at the plane's end, {self.height}), got {rows}"
             )
         if self.probs_dtype is not None:
-            want = (rows, self.width, self.probs_channels)
+            want = (rows, width, self.probs_channels)
             if probs is None or probs.shape != want or probs.dtype.kind != "f":
                 got = None if probs is None else f"{probs.dtype} {probs.shape}"
                 raise ValueError(f"{where}: float probabilities of shape {want} expected, got {got}")
-        return [(plane, y) for y in range(y0, end, self.band)]
+        return [(plane, y, x0) for y in range(y0, end, self.band)]
 
 
 class BandJournal:
     """The durable list of finished bands of a chunked output: a JSON-lines file whose first
     line is the output's geometry (``{"fcnx": "bands", "version": 1, ...}``) and every other
-    line one finished band, ``{"plane": P, "y0": Y}``, appended and fsynced only after the
+    line one finished band, ``{"plane": P, "y0": Y, "x0": X}``, appended and fsynced only after the
     band's chunks are durable. A torn last line (a kill mid-append) is dropped; a journal
     whose geometry differs from the writer's is not a resume of it."""
 
@@ -221,7 +265,7 @@ class BandJournal:
         self.header = json.loads(json.dumps({"fcnx": "bands", "version": self.VERSION, **geometry}))
         self._file: Any = None
 
-    def read(self) -> set[tuple[int, int]] | None:
+    def read(self) -> set[Band] | None:
         """The bands recorded, or None when there is no journal of this geometry."""
         try:
             lines = self.path.read_bytes().split(b"\n")
@@ -237,7 +281,7 @@ class BandJournal:
         for line in lines[1:-1]:
             try:
                 record = json.loads(line)
-                done.add((int(record["plane"]), int(record["y0"])))
+                done.add((int(record["plane"]), int(record["y0"]), int(record.get("x0", 0))))
             except (ValueError, KeyError, TypeError):
                 continue  # a damaged line: its band is simply written again
         return done
@@ -247,13 +291,13 @@ class BandJournal:
         self.close()
         atomic_write_bytes(self.path, (json.dumps(self.header) + "\n").encode())
 
-    def append(self, bands: Iterable[tuple[int, int]]) -> None:
+    def append(self, bands: Iterable[Band]) -> None:
         if self._file is None:
             self._file = open(self.path, "r+b")  # noqa: SIM115 (kept open across bands)
             data = self._file.read()
             self._file.seek(data.rfind(b"\n") + 1)  # drop a torn last line
             self._file.truncate()
-        lines = "".join(json.dumps({"plane": p, "y0": y}) + "\n" for p, y in bands)
+        lines = "".join(json.dumps({"plane": p, "y0": y, "x0": x}) + "\n" for p, y, x in bands)
         self._file.write(lines.encode())
         self._file.flush()
         os.fsync(self._file.fileno())
@@ -269,11 +313,12 @@ class BandJournal:
         remove_stale_temps(self.path)  # a killed ``start``'s temp
 
 
-def check_all_written(output: Path, missing: set[tuple[int, int]]) -> None:
+def check_all_written(output: Path, missing: set[Band]) -> None:
     if missing:
-        plane, y0 = min(missing)
+        plane, y0, x0 = min(missing)
+        columns = f", columns {x0}.." if x0 else ""
         raise ValueError(
-            f"{output}: {len(missing)} bands not written yet (the first: plane {plane}, rows {y0}..)"
+            f"{output}: {len(missing)} bands not written yet (the first: plane {plane}, rows {y0}..{columns})"
         )
 
 

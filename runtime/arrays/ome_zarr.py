@@ -8,7 +8,8 @@ class names as ``properties``). The group itself is the label image, so
 ``ome_zarr.reader.Reader(parse_url(OUT/NAME.zarr))`` and napari open it as labels with the
 card's colours; to attach it to an OME-Zarr image, copy it to ``IMAGE.zarr/labels/NAME``
 and list NAME in ``labels/.zattrs``. Level 0 chunks are (1, ..., band, <= 4096): one row of
-chunks per band, so no chunk is written twice.
+chunks per band, chunk columns dividing the column strip (``STRIP_COLUMNS``: a wider plane
+is segmented strip by strip), so no chunk is written twice.
 
 ``OUT/NAME.probs.zarr`` (``--save-probs``) is a plain Zarr v2 array (plane axes..., y, x,
 class) of float16, or uint8 (round(probability * 255)).
@@ -32,8 +33,10 @@ from typing import Any
 import numpy as np
 
 from .band_writer import (
+    Band,
     MaskWriter,
     base_name,
+    chunk_columns,
     fsync_tree,
     require,
 )
@@ -42,6 +45,11 @@ from .zarr_bands import BandedZarr, ProbsZarrWriter, zarray_meta
 
 NGFF_VERSION = "0.4"
 CHUNK_WIDTH = 4096  # level-0 chunk columns (at most)
+# A plane wider than this is segmented as column strips of this width (each with the tiles
+# that reach into it from its neighbours): what a wide plane holds in memory (tile rows,
+# blend band, output band) is one strip's, so memory does not grow with the image's width.
+# 16384: the tiles recomputed where strips meet are under 3 % of a 512² tiling's.
+STRIP_COLUMNS = 16384
 PYRAMID_MIN = 1024  # halve until a plane is at most this many px a side
 
 
@@ -99,10 +107,12 @@ class _LabelZarr(BandedZarr):
         shapes: list[tuple[int, ...]],
         chunks: list[tuple[int, ...]],
         band: int,
+        strip: int,
         run_id: str,
     ) -> None:
         self.shapes, self.chunks = shapes, chunks
-        super().__init__(final, {"shapes": shapes, "chunks": chunks, "dtype": "uint8"}, band, run_id)
+        geometry = {"shapes": shapes, "chunks": chunks, "strip": strip, "dtype": "uint8"}
+        super().__init__(final, geometry, band, run_id)
 
     def _create(self, root: Path) -> None:
         zarr, numcodecs = require("zarr"), require("numcodecs")
@@ -138,6 +148,7 @@ class OmeZarrLabelWriter(MaskWriter):
     with a nearest-neighbour pyramid; probabilities (``probs``) in ``NAME.probs.zarr``."""
 
     suffix = ".zarr"
+    STRIP = STRIP_COLUMNS
 
     def __init__(self, path: Path, *args: Any, **kwargs: Any) -> None:
         super().__init__(path, *args, **kwargs)
@@ -145,22 +156,25 @@ class OmeZarrLabelWriter(MaskWriter):
         ones = tuple(1 for _ in self.plane_shape)
         shapes = pyramid_shapes(self.height, self.width)
         self.level_shapes = [(*self.plane_shape, h, w) for h, w in shapes]
-        chunks = [(*ones, min(self.band, h), min(w, CHUNK_WIDTH)) for h, w in shapes]
-        self.labels = _LabelZarr(self.path, self.level_shapes, chunks, self.band, self.run_id)
+        columns = chunk_columns(self.strip, CHUNK_WIDTH)
+        chunks = [(*ones, min(self.band, h), min(w, columns)) for h, w in shapes]
+        self.labels = _LabelZarr(self.path, self.level_shapes, chunks, self.band, self.strip, self.run_id)
         self.probs = ProbsZarrWriter.beside(self)
 
-    def done(self) -> set[tuple[int, int]]:
+    def done(self) -> set[Band]:
         with self._lock:
             parts = [self.labels] + ([self.probs] if self.probs is not None else [])
             sets = [self.all_bands() if part.complete else set(part.recorded) for part in parts]
             return set.intersection(*sets)
 
-    def write_band(self, plane: int, y0: int, mask: np.ndarray, probs: np.ndarray | None = None) -> None:
-        bands = self.check_band(plane, y0, mask, probs)
+    def write_band(
+        self, plane: int, y0: int, mask: np.ndarray, probs: np.ndarray | None = None, x0: int = 0
+    ) -> None:
+        bands = self.check_band(plane, y0, mask, probs, x0)
         index = self.plane_index(plane)
         if self.probs is not None and probs is not None:
-            self.probs.write_probs(bands, index, y0, probs)
-        self.labels.write(bands, index, y0, mask)
+            self.probs.write_probs(bands, index, y0, probs, x0)
+        self.labels.write(bands, index, y0, mask, x0)
 
     def finish(self) -> None:
         with self._lock:
@@ -177,7 +191,7 @@ class OmeZarrLabelWriter(MaskWriter):
 
     def _pyramid(self) -> None:
         """Levels 1.. by nearest neighbour (every other row and column of the level above),
-        band by band: memory is two bands of the level above."""
+        chunk by chunk: memory is four chunks of the level above, whatever the image's size."""
         zarr = require("zarr")
         root = self.labels.partial
         ones = len(self.plane_shape)
@@ -185,16 +199,22 @@ class OmeZarrLabelWriter(MaskWriter):
             source = zarr.open_array(root / str(level - 1), mode="r", zarr_format=2)
             target = zarr.open_array(root / str(level), mode="r+", zarr_format=2)
             target = target.with_config({"write_empty_chunks": True})
-            height, rows = self.level_shapes[level][ones], target.chunks[ones]
-            above = self.level_shapes[level - 1][ones]
+            (height, width), (rows, columns) = self.level_shapes[level][ones:], target.chunks[ones:]
+            above = self.level_shapes[level - 1][ones:]
             for plane in range(self.planes):
                 index = self.plane_index(plane)
                 for y0 in range(0, height, rows):
                     y1 = min(height, y0 + rows)
-                    block = np.asarray(source[(*index, slice(2 * y0, min(2 * y1, above)))])
-                    target[(*index, slice(y0, y1))] = block[::2, ::2]
-                    for folder in self.labels.band_dirs(root / str(level), index, y0, y1 - y0, rows):
-                        fsync_tree(folder, root)
+                    for x0 in range(0, width, columns):
+                        x1 = min(width, x0 + columns)
+                        window = (slice(2 * y0, min(2 * y1, above[0])), slice(2 * x0, min(2 * x1, above[1])))
+                        block = np.asarray(source[(*index, *window)])
+                        target[(*index, slice(y0, y1), slice(x0, x1))] = block[::2, ::2]
+                    entries = self.labels.chunk_entries(
+                        root / str(level), index, (y0, y1), (0, width), (rows, columns)
+                    )
+                    for entry in entries:
+                        fsync_tree(entry, root)
 
     def metadata(self) -> dict[str, Any]:
         """The group's NGFF attributes: ``multiscales`` and ``image-label``."""

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_write_bytes, remove_stale_temps
-from .band_writer import BAND_DONE, BAND_WRITTEN, MaskWriter, band_starts, fault_point
+from .band_writer import BAND_DONE, BAND_WRITTEN, Band, MaskWriter, band_starts, fault_point
 from .zarr_bands import ProbsZarrWriter
 
 MAX_PIXELS = 4096 * 4096  # a plane's mask is held whole until it is complete
@@ -53,17 +53,19 @@ class PngPlanesWriter(MaskWriter):
         self._rows: dict[int, dict[int, np.ndarray]] = {}  # plane -> y0 -> rows of a plane not yet complete
         self.probs = ProbsZarrWriter.beside(self)
 
-    def _bands(self, plane: int) -> set[tuple[int, int]]:
-        return {(plane, y) for y in band_starts(self.height, self.band)}
+    def _bands(self, plane: int) -> set[Band]:
+        return {(plane, y, 0) for y in band_starts(self.height, self.band)}
 
-    def done(self) -> set[tuple[int, int]]:
+    def done(self) -> set[Band]:
         mine = set().union(*(self._bands(p) for p, f in enumerate(self.files) if f.is_file()))
         if self.probs is None:
             return mine
         return mine & (self.all_bands() if self.probs.complete else set(self.probs.recorded))
 
-    def write_band(self, plane: int, y0: int, mask: np.ndarray, probs: np.ndarray | None = None) -> None:
-        bands = self.check_band(plane, y0, mask, probs)
+    def write_band(
+        self, plane: int, y0: int, mask: np.ndarray, probs: np.ndarray | None = None, x0: int = 0
+    ) -> None:
+        bands = self.check_band(plane, y0, mask, probs, x0)
         if self.probs is not None and probs is not None:
             self.probs.write_probs(bands, self.plane_index(plane), y0, probs)
         with self._lock:

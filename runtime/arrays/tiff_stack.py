@@ -31,6 +31,7 @@ from .band_writer import (
     BAND_DONE,
     BAND_WRITTEN,
     BEFORE_PUBLISH,
+    Band,
     MaskWriter,
     band_starts,
     check_all_written,
@@ -89,12 +90,12 @@ class TiffStackWriter(MaskWriter):
         except (OSError, ValueError):
             return None
 
-    def _listed(self) -> set[tuple[int, int]]:
+    def _listed(self) -> set[Band]:
         valid = self.all_bands()
         found = set()
         for name in os.listdir(self.parts):
             match = _PART.fullmatch(name)
-            if match and (band := (int(match[1]), int(match[2]))) in valid:
+            if match and (band := (int(match[1]), int(match[2]), 0)) in valid:
                 found.add(band)
         return found
 
@@ -128,7 +129,7 @@ class TiffStackWriter(MaskWriter):
 
     # -- the interface ------------------------------------------------------------------
 
-    def done(self) -> set[tuple[int, int]]:
+    def done(self) -> set[Band]:
         with self._lock:
             mine = self.all_bands() if self.complete else set(self.recorded)
         if self.probs is None:
@@ -136,14 +137,16 @@ class TiffStackWriter(MaskWriter):
         theirs = self.all_bands() if self.probs.complete else set(self.probs.recorded)
         return mine & theirs
 
-    def write_band(self, plane: int, y0: int, mask: np.ndarray, probs: np.ndarray | None = None) -> None:
-        bands = self.check_band(plane, y0, mask, probs)
+    def write_band(
+        self, plane: int, y0: int, mask: np.ndarray, probs: np.ndarray | None = None, x0: int = 0
+    ) -> None:
+        bands = self.check_band(plane, y0, mask, probs, x0)
         if self.probs is not None and probs is not None:
             self.probs.write_probs(bands, self.plane_index(plane), y0, probs)
         with self._lock:
             if not self.started:
                 self._start()
-        for p, y in bands:
+        for p, y, _ in bands:
             rows = np.ascontiguousarray(mask[y - y0 : y - y0 + self.band])
             atomic_write_bytes(self._part(p, y), zlib.compress(rows.tobytes(), PART_LEVEL), tag=self.run_id)
         fsync_path(self.parts)

@@ -22,9 +22,11 @@ from .band_writer import (
     BAND_DONE,
     BAND_WRITTEN,
     BEFORE_PUBLISH,
+    Band,
     BandJournal,
     MaskWriter,
     check_all_written,
+    chunk_columns,
     fault_point,
     fsync_path,
     fsync_tree,
@@ -65,7 +67,7 @@ class BandedZarr(ABC):
         recorded = self.journal.read() if self.partial.is_dir() else None
         self.started = recorded is not None  # the partial folder is this geometry's, journaled
         self.complete = not self.started and not os.path.lexists(self.partial) and self._matches()
-        self.recorded: set[tuple[int, int]] = recorded or set()
+        self.recorded: set[Band] = recorded or set()
 
     @abstractmethod
     def _create(self, root: Path) -> None:
@@ -93,22 +95,41 @@ class BandedZarr(ABC):
             self._array = array.with_config({"write_empty_chunks": True})
         return self._array
 
-    def band_dirs(self, root: Path, index: tuple[int, ...], y0: int, rows: int, band: int) -> list[Path]:
-        """The folders holding the chunks of rows y0..y0+rows ("/" chunk keys: one per chunk row)."""
+    @staticmethod
+    def chunk_entries(
+        root: Path,
+        index: tuple[int, ...],
+        rows: tuple[int, int],
+        columns: tuple[int, int],
+        chunk: tuple[int, int],
+    ) -> list[Path]:
+        """The entries ("/" chunk keys: ``ROW/COLUMN``, a file, or a folder with a class axis)
+        holding the chunks of ``rows`` x ``columns`` (chunk borders) of the plane at ``index``."""
         base = root.joinpath(*(str(i) for i in index))
-        return [base / str(cy) for cy in range(y0 // band, (y0 + rows - 1) // band + 1)]
+        (y0, y1), (x0, x1), (ch, cw) = rows, columns, chunk
+        return [
+            base / str(cy) / str(cx)
+            for cy in range(y0 // ch, (y1 - 1) // ch + 1)
+            for cx in range(x0 // cw, (x1 - 1) // cw + 1)
+        ]
 
-    def write(self, bands: list[tuple[int, int]], index: tuple[int, ...], y0: int, data: np.ndarray) -> None:
+    def write(
+        self, bands: list[Band], index: tuple[int, ...], y0: int, data: np.ndarray, x0: int = 0
+    ) -> None:
+        """Rows y0.. and columns x0.. (chunk borders) of the plane at ``index``: their chunks
+        durable, then journaled as ``bands``."""
         with self._lock:
             if not self.started:
                 self._start()
             array = self.array()
-        folders = self.band_dirs(self.partial / self.LEVEL0, index, y0, len(data), self.band)
-        for folder in folders:  # what a killed run left of these bands (never journaled)
-            remove_entry(folder)
-        array[(*index, slice(y0, y0 + len(data)))] = data
-        for folder in folders:
-            fsync_tree(folder, self.partial)
+        rows, columns = (y0, y0 + len(data)), (x0, x0 + data.shape[1])
+        chunk = (array.chunks[len(index)], array.chunks[len(index) + 1])
+        entries = self.chunk_entries(self.partial / self.LEVEL0, index, rows, columns, chunk)
+        for entry in entries:  # what a killed run left of these bands (never journaled)
+            remove_entry(entry)
+        array[(*index, slice(*rows), slice(*columns))] = data
+        for entry in entries:
+            fsync_tree(entry, self.partial)
         fault_point(BAND_WRITTEN, self.final)
         with self._lock:
             self.journal.append(bands)
@@ -137,7 +158,7 @@ class BandedZarr(ABC):
         remove_stale_temps(self.final)
         self.started, self.complete, self._array = False, True, None
 
-    def check_finished(self, bands: set[tuple[int, int]]) -> None:
+    def check_finished(self, bands: set[Band]) -> None:
         """A ValueError unless every one of ``bands`` is in (journaled, or a complete output)."""
         if self.started:
             check_all_written(self.final, bands - self.recorded)
@@ -173,13 +194,15 @@ class ProbsZarrWriter(BandedZarr):
         card: ModelCard,
         plane_axes: str,
         run_id: str = "",
+        strip: int | None = None,
     ) -> None:
         itemsize = np.dtype(dtype).itemsize
-        columns = max(256, PROBS_CHUNK_BYTES // (band * channels * itemsize)) // 256 * 256
+        limit = max(256, PROBS_CHUNK_BYTES // (band * channels * itemsize))
+        columns = chunk_columns(strip or width, limit)  # chunks never straddle two strips
         self.shape = (*plane_shape, height, width, channels)
         self.chunk = (*(1 for _ in plane_shape), min(band, height), min(width, columns), channels)
         self.dtype, self.card, self.plane_axes = dtype, card, plane_axes
-        geometry = {"shape": self.shape, "chunks": self.chunk, "dtype": dtype}
+        geometry = {"shape": self.shape, "chunks": self.chunk, "strip": strip or width, "dtype": dtype}
         super().__init__(Path(path), geometry, band, run_id)
 
     @classmethod
@@ -198,6 +221,7 @@ class ProbsZarrWriter(BandedZarr):
             masks.card,
             masks.plane_axes,
             masks.run_id,
+            masks.strip,
         )
 
     def _create(self, root: Path) -> None:
@@ -225,13 +249,13 @@ class ProbsZarrWriter(BandedZarr):
         )
 
     def write_probs(
-        self, bands: list[tuple[int, int]], index: tuple[int, ...], y0: int, probs: np.ndarray
+        self, bands: list[Band], index: tuple[int, ...], y0: int, probs: np.ndarray, x0: int = 0
     ) -> None:
         if self.dtype == "uint8":
             data = np.clip(np.rint(probs.astype(np.float32) * 255), 0, 255).astype(np.uint8)
         else:
             data = probs.astype(np.float16, copy=False)
-        self.write(bands, index, y0, data)
+        self.write(bands, index, y0, data, x0)
 
     def finish(self) -> None:
         if not self.started:

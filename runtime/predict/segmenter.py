@@ -213,11 +213,13 @@ class Segmenter:
         from_row: int = 0,
         intensity: str | None = None,
         note: Note | None = None,
+        columns: tuple[int, int] | None = None,
     ) -> Windowed:
         """Plane ``plane`` of ``source`` as tiles read by rows of tiles, its finished rows
         going to ``emit(y0, mask, probs)``; ``from_row``: resume there (rows above it are
         not emitted again, tile rows that cannot reach it are not run). ``intensity``: the
-        16-bit mapping (default the card's), ``note`` gets its warnings."""
+        16-bit mapping (default the card's), ``note`` gets its warnings. ``columns``: only
+        the strip x0..x1 of the plane (its rows are what ``emit`` gets)."""
         info = source.info
         intensity = intensity or self.card.intensity
         if self.tile is None:
@@ -236,6 +238,8 @@ class Segmenter:
             )
         size = (info.height, info.width)
         grid = TileGrid.over(size, self.tile, self.overlap, self.card.input_multiple)
+        if columns is not None:
+            grid = grid.strip(*columns)
         start = first_tile_row(grid, from_row, stitched=not self.has_probs)
 
         def emit_from(y0: int, mask: np.ndarray, probs: np.ndarray | None) -> None:
@@ -246,16 +250,22 @@ class Segmenter:
         emit_rows = emit_from if from_row else emit
         return Windowed(source, plane, grid, self.card.input_channels, emit_rows, start, intensity, note)
 
+    @staticmethod
+    def _window_columns(grid: TileGrid) -> tuple[int, int]:
+        """The columns of the plane that the grid's tiles read (a strip's and its halo)."""
+        last = mirror_indices(grid.cols[-1], grid.tile[1], grid.size[1])
+        return grid.cols[0], int(last.max()) + 1
+
     def _window_rows(self, plan: Windowed, r: int) -> np.ndarray:
         """Tile row ``r`` of a windowed plane: its rows read from the source (mirror-filled
-        past the bottom), mapped to uint8 and the model's channels, mirror-filled on the right
-        to the grid's width."""
+        past the bottom), mapped to uint8 and the model's channels; the columns its tiles
+        read (``_window_columns``)."""
         g = plan.grid
-        (h, w), th = g.size, g.tile[0]
+        h, th = g.size[0], g.tile[0]
         rows = mirror_indices(g.rows[r], th, h)
         lo, hi = int(rows.min()), int(rows.max()) + 1
         origin = f"{plan.source.info.spec} {plan.source.info.plane_label(plan.plane)}".strip()
-        band = plan.source.read(plan.plane, lo, hi, 0, w)
+        band = plan.source.read(plan.plane, lo, hi, *self._window_columns(g))
         band = to_channels(to_uint8(band, origin, plan.intensity, None, plan.note), self.card.input_channels)
         return band[rows - lo] if (lo, hi) != (g.rows[r], g.rows[r] + th) else band
 
@@ -273,10 +283,14 @@ class Segmenter:
                 assert ahead is not None
                 band = ahead.result()
                 ahead = reader.submit(self._window_rows, plan, r + 1) if r + 1 < len(g.rows) else None
-                w = g.size[1]
-                for x in g.cols:
-                    cols = mirror_indices(x, g.tile[1], w)
-                    tile = band[:, x : x + g.tile[1]] if x + g.tile[1] <= w else band[:, cols]
+                (w, tw), left = (g.size[1], g.tile[1]), g.cols[0]  # left: the band's first column
+                for x in g.cols:  # past the right edge: mirror-filled from columns the band holds
+                    inside = x + tw <= w
+                    tile = (
+                        band[:, x - left : x - left + tw]
+                        if inside
+                        else band[:, mirror_indices(x, tw, w) - left]
+                    )
                     for flip_rows, flip_cols in self.passes:
                         yield np.ascontiguousarray(flip(tile, flip_rows, flip_cols))
 

@@ -23,12 +23,18 @@ Tiles arrive in row-major order; as soon as a row of tiles is complete, the rows
 pixels no later tile touches are finished (normalised, argmax'ed, written into the
 output) and their accumulator rows reused. The blend memory is one band of about a
 tile's height across the image, not the image's area times the classes.
+
+A grid can be cut into column strips (``TileGrid.strip``): a strip's grid holds the
+columns of tiles that reach into it, and its Blender gives exactly the strip's columns of
+the whole grid's result (every pixel of the strip gets the same tiles, in the same order),
+with memory of the strip's width: a plane wider than any band should be is segmented
+strip by strip.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -105,6 +111,8 @@ class TileGrid:
     overlap: int
     rows: tuple[int, ...]  # tile origins, top to bottom
     cols: tuple[int, ...]  # tile origins, left to right
+    span: tuple[int, int] | None = None  # the columns whose result this grid gives (None: all)
+    across: int = 0  # columns of tiles across the whole image (0: len(cols), a whole grid)
 
     @classmethod
     def over(cls, size: tuple[int, int], tile: tuple[int, int], overlap: int, multiple: int) -> TileGrid:
@@ -116,6 +124,19 @@ class TileGrid:
     def count(self) -> int:
         return len(self.rows) * len(self.cols)
 
+    @property
+    def columns(self) -> tuple[int, int]:
+        """The columns x0..x1 of the image this grid's result covers."""
+        return self.span if self.span is not None else (0, self.size[1])
+
+    def strip(self, x0: int, x1: int) -> TileGrid:
+        """The grid of columns ``x0 .. x1`` alone: the tiles that reach into them."""
+        if not 0 <= x0 < x1 <= self.size[1]:
+            raise ValueError(f"a strip must lie in columns 0..{self.size[1]}, got {x0}..{x1}")
+        tw = self.tile[1]
+        cols = tuple(x for x in self.cols if x < x1 and x + tw > x0)
+        return replace(self, cols=cols, span=(x0, x1), across=self.across or len(self.cols))
+
     def tile_image(self, image: np.ndarray, r: int, c: int) -> np.ndarray:
         """Tile (r, c) of ``image`` (H, W, C), mirror-filled where it reaches past the image."""
         y, x = self.rows[r], self.cols[c]
@@ -126,7 +147,9 @@ class TileGrid:
 
     def own(self, origins: tuple[int, ...], i: int, tile: int, end: int) -> tuple[int, int]:
         """The part of tile ``i`` along one axis that is closer to its centre than to any
-        other tile's (overlaps split at their middle), clipped to ``end``."""
+        other tile's (overlaps split at their middle), clipped to ``end``. (Over a strip's
+        columns the first and last tiles' outer parts are the strip's own borders, where
+        clipping to ``columns`` puts them: no tile outside the strip reaches into it.)"""
         lo = 0 if i == 0 else (origins[i - 1] + tile + origins[i]) // 2
         hi = end if i == len(origins) - 1 else (origins[i] + tile + origins[i + 1]) // 2
         return min(lo, end), min(hi, end)
@@ -162,7 +185,10 @@ class Blender:
         self.classes = classes
         self.passes = passes
         self.emit = emit
-        h, w = grid.size
+        h = grid.size[0]
+        self._x0, x1 = grid.columns  # the result's columns (a strip's, or the image's)
+        self._left = grid.cols[0]  # the accumulator's first column
+        w = x1 - self._x0
         keep = keep_probs and classes > 0
         if emit is None:
             self.mask = np.zeros((h, w), np.uint8)
@@ -177,13 +203,14 @@ class Blender:
         self._row = start_row
         if classes:
             th = grid.tile[0]
-            width = grid.cols[-1] + grid.tile[1]
+            width = grid.cols[-1] + grid.tile[1] - self._left
             self._top = grid.rows[start_row] if start_row else 0  # image row the band's first row stands for
             self._acc = np.zeros((th, width, classes), np.float32)
             self._weight = np.zeros((th, width, 1), np.float32)
             # weights fall off only along an axis with more than one tile (one tile: exactly its output)
             down = weights(th) if len(grid.rows) > 1 else np.ones(th, np.float32)
-            across = weights(grid.tile[1]) if len(grid.cols) > 1 else np.ones(grid.tile[1], np.float32)
+            columns = grid.across or len(grid.cols)  # the whole grid's: a strip blends as the whole does
+            across = weights(grid.tile[1]) if columns > 1 else np.ones(grid.tile[1], np.float32)
             self._window = (down[:, None] * across[None, :])[:, :, None]
 
     @property
@@ -196,7 +223,10 @@ class Blender:
             raise RuntimeError("all tiles of this image are already in")
         c = self._added // self.passes
         if self.classes:
-            x, tw = self.grid.cols[c], self.grid.tile[1]  # the band starts at this tile row's origin
+            x, tw = (
+                self.grid.cols[c] - self._left,
+                self.grid.tile[1],
+            )  # the band starts at this tile row's origin
             self._acc[:, x : x + tw] += output * self._window
             self._weight[:, x : x + tw] += self._window
         else:
@@ -209,10 +239,11 @@ class Blender:
     def _stitch(self, c: int, mask: np.ndarray) -> None:
         g, r = self.grid, self._row
         y0, y1 = g.own(g.rows, r, g.tile[0], g.size[0])
-        x0, x1 = g.own(g.cols, c, g.tile[1], g.size[1])
+        a, b = g.columns
+        x0, x1 = (min(max(v, a), b) for v in g.own(g.cols, c, g.tile[1], g.size[1]))
         y, x = g.rows[r], g.cols[c]
         top = 0 if self.emit is None else y0  # emitting: the band of this tile row's own rows
-        self.mask[y0 - top : y1 - top, x0:x1] = mask[y0 - y : y1 - y, x0 - x : x1 - x]
+        self.mask[y0 - top : y1 - top, x0 - a : x1 - a] = mask[y0 - y : y1 - y, x0 - x : x1 - x]
 
     def _finish_row(self) -> None:
         g = self.grid
@@ -229,7 +260,8 @@ class Blender:
         end = g.size[0] if last else min(g.rows[self._row], g.size[0])
         n = end - self._top
         if n > 0:
-            probs = self._acc[:n, : g.size[1]] / self._weight[:n, : g.size[1]]
+            a, b = self._x0 - self._left, g.columns[1] - self._left
+            probs = self._acc[:n, a:b] / self._weight[:n, a:b]
             mask = mask_from_probs(probs)
             if self.emit is not None:
                 self.emit(self._top, mask, probs.astype(self._dtype) if self._keep else None)

@@ -13,7 +13,9 @@ A plane goes one of two ways:
   planes share batches.
 - **windowed** (larger): ``Segmenter.plan_window`` reads one row of tiles at a time (with
   its overlap) and hands finished rows on as soon as no later tile touches them; memory is
-  the tile rows in flight plus one output band, whatever the plane's size.
+  the tile rows in flight plus one output band, whatever the plane's height. A writer that
+  writes by columns (OME-Zarr) cuts a wider plane into column strips (``MaskWriter.strip``)
+  segmented one after the other, so memory does not grow with the width either.
 
 Rows become whole bands of ``BAND_ROWS`` rows (``Bands``), written on one writer thread
 while the model runs (at most ``WRITES_IN_FLIGHT`` bands waiting). A plane that cannot be
@@ -32,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from ..arrays.band_writer import Band
 from ..arrays.source import ArrayInfo, ArraySource
 from ..arrays.writers import OUTPUT_FORMATS, MaskWriter, mask_files, output_path, probs_path
 from ..images import Header, to_uint8
@@ -80,22 +83,28 @@ class ArrayPlan:
     outputs: list[Path]  # every file or folder it writes (what --overwrite removes, resume checks)
 
 
+Write = Callable[[int, int, int, np.ndarray, np.ndarray | None], None]  # (plane, y0, x0, mask, probs)
+
+
 class Bands:
-    """One plane's finished rows in (any run of consecutive rows, top to bottom), whole
-    bands out to ``write(plane, y0, mask, probs)`` (the last band of a plane may be
-    shorter). Bands in ``done`` are not written again."""
+    """One plane's finished rows in (any run of consecutive rows, top to bottom, of the
+    columns ``x0 .. x0 + width``), whole bands out to ``write(plane, y0, x0, mask, probs)``,
+    one per column strip of ``strip`` columns (the last band of a plane may be shorter).
+    Bands in ``done`` are not written again."""
 
     def __init__(
         self,
         plane: int,
         height: int,
-        width: int,
         band: int,
-        done: set[tuple[int, int]],
-        write: Callable[[int, int, np.ndarray, np.ndarray | None], None],
+        done: set[Band],
+        write: Write,
+        columns: tuple[int, int],
+        strip: int,
     ) -> None:
-        self.plane, self.height, self.width, self.band = plane, height, width, band
+        self.plane, self.height, self.band = plane, height, band
         self.done, self.write = done, write
+        self.columns, self.strip = columns, strip
         self._start: int | None = None  # the row the buffered rows begin at
         self._masks: list[np.ndarray] = []
         self._probs: list[np.ndarray] = []
@@ -123,8 +132,13 @@ class Bands:
         probs = (
             (np.concatenate(self._probs) if len(self._probs) > 1 else self._probs[0]) if self._probs else None
         )
-        if (self.plane, self._start) not in self.done:
-            self.write(self.plane, self._start, mask[:n], None if probs is None else probs[:n])
+        x0, x1 = self.columns
+        for x in range(x0, x1, self.strip):
+            if (self.plane, self._start, x) not in self.done:
+                cut = slice(x - x0, min(x1, x + self.strip) - x0)
+                self.write(
+                    self.plane, self._start, x, mask[:n, cut], None if probs is None else probs[:n, cut]
+                )
         self._masks = [mask[n:]] if n < len(mask) else []
         self._probs = [probs[n:]] if probs is not None and n < len(probs) else []
         self._start += n
@@ -144,10 +158,12 @@ class BandWrites:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="fcnx-band")
         self._waiting: deque[Future[None]] = deque()
 
-    def __call__(self, plane: int, y0: int, mask: np.ndarray, probs: np.ndarray | None) -> None:
+    def __call__(self, plane: int, y0: int, x0: int, mask: np.ndarray, probs: np.ndarray | None) -> None:
         while len(self._waiting) >= WRITES_IN_FLIGHT:
             self._waiting.popleft().result()
-        self._waiting.append(self._pool.submit(self.writer.write_band, plane, y0, mask, probs))
+        mask = np.ascontiguousarray(mask)  # a strip of whole-plane rows: its own copy, not a view
+        probs = None if probs is None else np.ascontiguousarray(probs)
+        self._waiting.append(self._pool.submit(self.writer.write_band, plane, y0, mask, probs, x0))
 
     def drain(self) -> None:
         while self._waiting:
@@ -167,13 +183,15 @@ def windowed(info: ArrayInfo) -> bool:
     return info.height * info.width > WHOLE_PLANE_PIXELS
 
 
-def admit(segmenter: Segmenter, info: ArrayInfo, probs: bool) -> None:
+def admit(segmenter: Segmenter, info: ArrayInfo, probs: bool, strip: int) -> None:
     """Refuse, before any pixel is read, an input whose planes would not fit in the memory
-    available (an out-of-memory kill is not a failure a run can record)."""
+    available (an out-of-memory kill is not a failure a run can record). ``strip``: the
+    width of the column strips a windowed plane is segmented in."""
     header = Header(info.width, info.height, np.dtype(info.dtype).itemsize * info.channels)
     probs_bytes = 2 if probs else 0
     if windowed(info):
-        need = window_bytes(segmenter, header, BAND_ROWS, WRITES_IN_FLIGHT + 1, probs_bytes)
+        strip_header = Header(min(strip, info.width), info.height, header.bytes_per_pixel)
+        need = window_bytes(segmenter, strip_header, BAND_ROWS, WRITES_IN_FLIGHT + 1, probs_bytes)
     else:  # a plane being read ahead, one in the model, one being written
         need = image_bytes(segmenter, header, probs_bytes) + 2 * header.pixels * header.bytes_per_pixel
     free = available_bytes()
@@ -214,7 +232,7 @@ class ArrayRun:
 
     def run(self) -> None:
         done = self.writer.done()
-        todo = [p for p in range(self.info.planes) if any(b not in done for b in self._bands(p))]
+        todo = [p for p in range(self.info.planes) if any(b not in done for b in self._bands(p, None))]
         writes = BandWrites(self.writer)
         finished = False
         try:
@@ -228,14 +246,18 @@ class ArrayRun:
         finally:
             writes.close(wait=finished)
 
-    def _bands(self, plane: int) -> list[tuple[int, int]]:
-        return [(plane, y) for y in range(0, self.info.height, self.writer.band)]
+    def _bands(self, plane: int, x0: int | None) -> list[Band]:
+        """The bands of ``plane`` (of its strip at column ``x0``; None: of every strip)."""
+        xs = self.writer.column_starts() if x0 is None else [x0]
+        return [(plane, y, x) for y in range(0, self.info.height, self.writer.band) for x in xs]
 
-    def _bands_of(self, plane: int, done: set[tuple[int, int]], writes: BandWrites) -> Bands:
-        info = self.info
-        return Bands(plane, info.height, info.width, self.writer.band, done, writes)
+    def _bands_of(
+        self, plane: int, done: set[Band], writes: BandWrites, columns: tuple[int, int] | None = None
+    ) -> Bands:
+        columns = columns or (0, self.info.width)
+        return Bands(plane, self.info.height, self.writer.band, done, writes, columns, self.writer.strip)
 
-    def _whole_planes(self, planes: list[int], done: set[tuple[int, int]], writes: BandWrites) -> None:
+    def _whole_planes(self, planes: list[int], done: set[Band], writes: BandWrites) -> None:
         """Planes read whole, one read ahead on a thread, sharing the model's batches."""
         origin = str(self.info.spec)
 
@@ -271,19 +293,33 @@ class ArrayRun:
             bands = self._bands_of(plane, done, writes)
             bands.rows(0, result.mask, result.probs)
 
-    def _windowed_plane(self, plane: int, done: set[tuple[int, int]], writes: BandWrites) -> None:
-        """One plane too large to hold, by rows of tiles; from its first band not yet done."""
-        missing = [y for p, y in self._bands(plane) if (p, y) not in done]
-        bands = self._bands_of(plane, done, writes)
+    def _windowed_plane(self, plane: int, done: set[Band], writes: BandWrites) -> None:
+        """One plane too large to hold, by rows of tiles, strip by strip; each strip from its
+        first band not yet done."""
+        width, strip = self.info.width, self.writer.strip
         try:
-            plan = self.segmenter.plan_window(
-                self.source, plane, bands.rows, missing[0], self.intensity, self.note
-            )
-            for _, _, result in self.segmenter.stream([(plane, plan)], self.probs, np.float16, self.pieces):
-                if isinstance(result, Exception):
-                    raise result
-            if not bands.complete:
-                raise RuntimeError(f"plane {plane}: the tiles ended before the plane's last row")
+            for x0 in self.writer.column_starts():
+                missing = [y for p, y, x in self._bands(plane, x0) if (p, y, x) not in done]
+                if not missing:
+                    continue
+                columns = (x0, min(width, x0 + strip))
+                bands = self._bands_of(plane, done, writes, columns)
+                plan = self.segmenter.plan_window(
+                    self.source,
+                    plane,
+                    bands.rows,
+                    missing[0],
+                    self.intensity,
+                    self.note,
+                    columns if columns != (0, width) else None,
+                )
+                for _, _, result in self.segmenter.stream(
+                    [(plane, plan)], self.probs, np.float16, self.pieces
+                ):
+                    if isinstance(result, Exception):
+                        raise result
+                if not bands.complete:
+                    raise RuntimeError(f"plane {plane}: the tiles ended before the plane's last row")
         except (KeyboardInterrupt, MemoryError):
             raise
         except Exception as exc:  # a window that cannot be read or run: this plane fails
@@ -311,7 +347,9 @@ def segment_array(
     with source:
         info = source.info
         try:
-            admit(segmenter, info, bool(config.save_probs))
+            admit(
+                segmenter, info, bool(config.save_probs), OUTPUT_FORMATS[plan.format].strip_width(info.width)
+            )
         except ValueError as exc:
             report(item.path, "read", _describe(exc))
             return

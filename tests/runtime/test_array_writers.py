@@ -19,7 +19,7 @@ from PIL import Image
 
 from fcnx.runtime.arrays import mosaic as mosaic_module
 from fcnx.runtime.arrays import ome_zarr, tiff_stack
-from fcnx.runtime.arrays.band_writer import PROBS_SUFFIX, base_name
+from fcnx.runtime.arrays.band_writer import PROBS_SUFFIX, Band, base_name
 from fcnx.runtime.arrays.mosaic import Mosaic, write_mosaic
 from fcnx.runtime.arrays.source import ArrayError
 from fcnx.runtime.arrays.writers import (
@@ -65,11 +65,11 @@ def make_probs(masks: np.ndarray, channels: int = 3, seed: int = 1) -> np.ndarra
     return rng.random((*masks.shape, channels), dtype=np.float32)
 
 
-def bands_of(planes: int, height: int, band: int) -> list[tuple[int, int]]:
-    return [(p, y) for p in range(planes) for y in range(0, height, band)]
+def bands_of(planes: int, height: int, band: int, width: int = WIDTH, strip: int = WIDTH) -> list[Band]:
+    return [(p, y, x) for p in range(planes) for y in range(0, height, band) for x in range(0, width, strip)]
 
 
-def shuffled(bands: list[tuple[int, int]], seed: int = 7) -> list[tuple[int, int]]:
+def shuffled(bands: list[Band], seed: int = 7) -> list[Band]:
     order = list(bands)
     random.Random(seed).shuffle(order)
     return order
@@ -83,12 +83,13 @@ def make_writer(kind: str, path: Path, probs: str | None = None, **kwargs: Any) 
 def write(
     writer: MaskWriter,
     masks: np.ndarray,
-    bands: list[tuple[int, int]],
+    bands: list[Band],
     probs: np.ndarray | None = None,
 ) -> None:
-    for p, y in bands:
-        band_probs = probs[p, y : y + writer.band] if probs is not None else None
-        writer.write_band(p, y, masks[p, y : y + writer.band], band_probs)
+    for p, y, x in bands:
+        rows, columns = slice(y, y + writer.band), slice(x, x + writer.strip)
+        band_probs = probs[p, rows, columns] if probs is not None else None
+        writer.write_band(p, y, masks[p, rows, columns], band_probs, x)
 
 
 def tree(folder: Path) -> dict[str, bytes | None]:
@@ -250,6 +251,50 @@ def test_ome_zarr_resume_is_byte_identical(tmp_path: Path, small: None, probs: s
     assert make_writer("zarr", tmp_path / "b" / "m.zarr", probs).done() == set(order)
 
 
+@pytest.mark.parametrize("probs", [None, "float16"])
+def test_ome_zarr_by_column_strips_resumes_to_the_same_arrays(
+    tmp_path: Path, small: None, probs: str | None
+) -> None:
+    """A plane written as column strips (bands (plane, y0, x0)) in any order, resumed after
+    an abort, holds the same masks and probabilities as one written by whole rows; strips
+    are chunk-aligned (no chunk straddles two), the last one narrower."""
+    masks, values = make_masks(), make_probs(make_masks())
+    rows = make_writer("zarr", tmp_path / "rows" / "m.zarr", probs)
+    write(rows, masks, bands_of(PLANES, HEIGHT, BAND), values)
+    rows.finish()
+
+    strip = 48  # 130 columns: strips at 0, 48, 96 (34 wide)
+    order = shuffled(bands_of(PLANES, HEIGHT, BAND, WIDTH, strip))
+    first = make_writer("zarr", tmp_path / "s" / "m.zarr", probs, strip=strip)
+    assert first.strip == strip and list(first.column_starts()) == [0, 48, 96]
+    with pytest.raises(ValueError, match="x0 must be a multiple of the strip"):
+        first.write_band(0, 0, masks[0, :BAND, 10:58], None if probs is None else values[0, :BAND, 10:58], 10)
+    with pytest.raises(ValueError, match=r"a mask band is uint8 \(rows, 48\)"):
+        first.write_band(0, 0, masks[0, :BAND, 48:], None, 48)  # the rest of the row, not the strip
+    write(first, masks, order[:7], values)
+    first.abort()
+    again = make_writer("zarr", tmp_path / "s" / "m.zarr", probs, strip=strip)
+    assert again.done() == set(order[:7])
+    write(again, masks, order[7:], values)
+    again.finish()
+    level0 = zarr.open_array(tmp_path / "s" / "m.zarr" / "0", mode="r")
+    assert strip % level0.chunks[-1] == 0
+    for level in range(len(list((tmp_path / "rows" / "m.zarr").glob("[0-9]*")))):
+        a = zarr.open_array(tmp_path / "rows" / "m.zarr" / str(level), mode="r")[...]
+        b = zarr.open_array(tmp_path / "s" / "m.zarr" / str(level), mode="r")[...]
+        assert np.array_equal(a, b), level
+    if probs is not None:
+        a = zarr.open_array(tmp_path / "rows" / "m.probs.zarr", mode="r")[...]
+        b = zarr.open_array(tmp_path / "s" / "m.probs.zarr", mode="r")[...]
+        assert np.array_equal(a, b)
+
+
+def test_tiff_stacks_are_written_by_whole_rows(tmp_path: Path) -> None:
+    """A TIFF is written row by row: it has one strip, the plane's width, whatever is asked."""
+    writer = make_writer("tiff", tmp_path / "m.tif", strip=48)
+    assert writer.strip == WIDTH and list(writer.column_starts()) == [0]
+
+
 def test_a_torn_journal_line_counts_for_nothing(tmp_path: Path, small: None) -> None:
     masks = make_masks()
     order = shuffled(bands_of(PLANES, HEIGHT, BAND))
@@ -260,9 +305,9 @@ def test_a_torn_journal_line_counts_for_nothing(tmp_path: Path, small: None) -> 
     write(first, masks, order[:3])
     del first
     journal = tmp_path / "b" / ".m.zarr.fcnx-done.jsonl"
-    p, y = order[3]
+    p, y, x = order[3]
     with open(journal, "ab") as f:  # a kill mid-append: the line has no end
-        f.write(json.dumps({"plane": p, "y0": y}).encode())
+        f.write(json.dumps({"plane": p, "y0": y, "x0": x}).encode())
     again = make_writer("zarr", tmp_path / "b" / "m.zarr")
     assert again.done() == set(order[:3])
     write(again, masks, order[3:])
@@ -293,7 +338,7 @@ def test_a_stale_journal_never_vouches_for_a_new_partial_output(
 
     monkeypatch.setattr(rewrite.labels.journal, "start", killed)
     with pytest.raises(KeyboardInterrupt):
-        write(rewrite, masks, [(0, 0)])
+        write(rewrite, masks, [(0, 0, 0)])
     assert make_writer("zarr", path).done() == set()
 
 
@@ -494,7 +539,7 @@ def test_bands_that_do_not_fit_are_value_errors_naming_the_output(tmp_path: Path
     writer.write_band(
         1, 0, np.zeros((HEIGHT, WIDTH), np.uint8), np.zeros((HEIGHT, WIDTH, 3))
     )  # a whole plane
-    assert writer.done() == {(0, 96), *((1, y) for y in range(0, HEIGHT, BAND))}
+    assert writer.done() == {(0, 96, 0), *((1, y, 0) for y in range(0, HEIGHT, BAND))}
     with pytest.raises(
         ValueError, match=rf"{path}: 3 bands not written yet \(the first: plane 0, rows 0\.\.\)"
     ):
@@ -728,7 +773,7 @@ def test_png_planes_are_named_by_their_axes_and_written_when_complete(tmp_path: 
     writer.write_band(0, 0, masks[0, :32])
     assert writer.done() == set() and not (tmp_path / "vol-z0000.png").exists()  # plane 0 incomplete
     writer.write_band(0, 32, masks[0, 32:])
-    assert writer.done() == {(0, 0), (0, 32), (0, 64)}
+    assert writer.done() == {(0, 0, 0), (0, 32, 0), (0, 64, 0)}
     with pytest.raises(ValueError, match="1 plane masks not written yet"):
         writer.finish()
     writer.write_band(1, 0, masks[1])

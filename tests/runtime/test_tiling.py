@@ -85,6 +85,46 @@ def test_mirror_indices_fill_like_mirror_pad(length: int, start: int, size: int)
     np.testing.assert_array_equal(axis[mirror_indices(start, size, length)], padded[start:])
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(40, 300),
+    st.integers(40, 300),
+    st.sampled_from([(32, 32), (64, 48)]),
+    st.integers(0, 20),
+    st.integers(1, 120),
+    st.sampled_from([0, 2]),
+)
+def test_a_grid_cut_into_column_strips_gives_the_whole_result(
+    h: int, w: int, tile: tuple[int, int], overlap: int, strip: int, classes: int
+) -> None:
+    """Each strip's Blender (the tiles reaching into it, in the same order) gives exactly
+    its columns of the whole grid's result: blended probabilities and stitched masks."""
+    grid = TileGrid.over((h, w), tile, overlap, 8)
+    rng = np.random.default_rng(h * 1000 + w)
+    outputs = {
+        (r, c): rng.random((*tile, classes), np.float32) if classes else rng.integers(0, 3, tile, np.uint8)
+        for r in range(len(grid.rows))
+        for c in range(len(grid.cols))
+    }
+
+    def run(g: TileGrid) -> tuple[np.ndarray, np.ndarray | None]:
+        blender = Blender(g, classes, keep_probs=True)
+        for r in range(len(g.rows)):
+            for x in g.cols:
+                blender.add(outputs[r, grid.cols.index(x)])
+        return blender.mask, blender.probs
+
+    whole_mask, whole_probs = run(grid)
+    for x0 in range(0, w, strip):
+        part = grid.strip(x0, min(w, x0 + strip))
+        assert all(c < x0 + strip and c + tile[1] > x0 for c in part.cols)
+        mask, probs = run(part)
+        np.testing.assert_array_equal(mask, whole_mask[:, x0 : x0 + strip])
+        if classes:
+            assert probs is not None and whole_probs is not None
+            np.testing.assert_array_equal(probs, whole_probs[:, x0 : x0 + strip])
+
+
 def test_parse_tile() -> None:
     assert parse_tile("512x256") == (512, 256) and parse_tile("384") == (384, 384)
     assert parse_tile("OFF") == "off" and parse_tile("auto") == "auto"

@@ -120,11 +120,14 @@ def test_an_output_folder_inside_a_zarr_input_is_refused(threshold_onnx: Path, t
         predict_folder(_config(threshold_onnx, [tmp_path / "vol.zarr"], tmp_path / "vol.zarr" / "labels"))
 
 
+@pytest.mark.parametrize("strip", [None, 96, 64])
 def test_windowed_planes_equal_the_in_memory_tiled_result(
-    tiny_onnx_dynamic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_onnx_dynamic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, strip: int | None
 ) -> None:
-    """A plane read by rows of tiles (windowed) gives byte for byte the in-memory tiled
-    mask: same tiles, same blending, same order of sums."""
+    """A plane read by rows of tiles (windowed), whole or as column strips (each with the
+    tiles reaching into it), gives byte for byte the in-memory tiled mask and
+    probabilities: same tiles, same blending, same order of sums."""
+    from fcnx.runtime.arrays.ome_zarr import OmeZarrLabelWriter
     from fcnx.runtime.backends.registry import load
     from fcnx.runtime.predict.segmenter import Segmenter
 
@@ -133,14 +136,67 @@ def test_windowed_planes_equal_the_in_memory_tiled_result(
     tifffile.imwrite(tmp_path / "big.tif", plane[None].repeat(2, axis=0), tile=(64, 64))
     monkeypatch.setattr(volumes, "WHOLE_PLANE_PIXELS", 0)  # every plane windowed
     monkeypatch.setattr(volumes, "BAND_ROWS", 48)
-    config = _config(tiny_onnx_dynamic, [tmp_path / "big.tif"], tmp_path / "out", tile="64x64", overlap=16)
+    if strip is not None:  # 270 columns as strips of 96 (or 64): 3 (or 5) strips, the last narrower
+        monkeypatch.setattr(OmeZarrLabelWriter, "STRIP", strip)
+    config = _config(tiny_onnx_dynamic, [tmp_path / "big.tif"], tmp_path / "out", tile="64x64", overlap=16,
+                     save_probs="npy")  # fmt: skip
     summary = predict_folder(config)
     assert summary["counts"]["written"] == 1, summary
     labels = zarr.open(tmp_path / "out" / "big.zarr", mode="r")["0"][:]
+    probs = zarr.open_array(tmp_path / "out" / "big.probs.zarr", mode="r")[:]
     with load(tiny_onnx_dynamic, "ort-cpu") as backend:
-        expected = Segmenter(backend, tile=(64, 64), overlap=16).predict([plane])[0]
-    np.testing.assert_array_equal(labels[0], expected)
-    np.testing.assert_array_equal(labels[1], expected)
+        expected = Segmenter(backend, tile=(64, 64), overlap=16).segment([plane], probs=True)[0]
+    for z in (0, 1):
+        np.testing.assert_array_equal(labels[z], expected.mask)
+        np.testing.assert_array_equal(probs[z], expected.probs.astype(np.float16))
+
+
+def test_a_plane_stopped_in_a_later_strip_resumes_there_to_the_same_labels(
+    tiny_onnx_dynamic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run stopped while writing the second column strip keeps the first strip's bands
+    and the second's finished ones; the rerun writes only the others, and the labels equal
+    an uninterrupted run's."""
+    from fcnx.runtime.arrays.ome_zarr import OmeZarrLabelWriter
+
+    rng = np.random.default_rng(4)
+    plane = (rng.random((200, 270)) * 60 + np.linspace(0, 180, 270)[None, :]).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "big.tif", np.stack([plane, plane[::-1]]), tile=(64, 64))
+    monkeypatch.setattr(volumes, "WHOLE_PLANE_PIXELS", 0)
+    monkeypatch.setattr(volumes, "BAND_ROWS", 48)  # 5 bands a strip
+    monkeypatch.setattr(OmeZarrLabelWriter, "STRIP", 96)  # 3 strips: 15 bands a plane
+    kw: dict[str, Any] = {"tile": "64x64", "overlap": 16}
+    predict_folder(_config(tiny_onnx_dynamic, [tmp_path / "big.tif"], tmp_path / "whole", **kw))
+
+    written: list[tuple[int, int, int]] = []
+    real = OmeZarrLabelWriter.write_band
+
+    def stop_after_seven(self: Any, plane: int, y0: int, mask: Any, probs: Any = None, x0: int = 0) -> None:
+        if len(written) == 7:
+            raise KeyboardInterrupt  # as Ctrl-C would, on the writer thread's 8th band
+        real(self, plane, y0, mask, probs, x0)
+        written.append((plane, y0, x0))
+
+    monkeypatch.setattr(OmeZarrLabelWriter, "write_band", stop_after_seven)
+    with pytest.raises(KeyboardInterrupt):
+        predict_folder(_config(tiny_onnx_dynamic, [tmp_path / "big.tif"], tmp_path / "out", **kw))
+    assert not (tmp_path / "out" / "big.zarr").exists()
+    first = list(written)
+    assert first[:5] == [(0, y, 0) for y in range(0, 200, 48)] and first[5:] == [(0, 0, 96), (0, 48, 96)]
+    written.clear()
+
+    def record(self: Any, plane: int, y0: int, mask: Any, probs: Any = None, x0: int = 0) -> None:
+        written.append((plane, y0, x0))
+        real(self, plane, y0, mask, probs, x0)
+
+    monkeypatch.setattr(OmeZarrLabelWriter, "write_band", record)
+    summary = predict_folder(_config(tiny_onnx_dynamic, [tmp_path / "big.tif"], tmp_path / "out", **kw))
+    assert summary["counts"]["written"] == 1, summary
+    every = {(p, y, x) for p in (0, 1) for y in range(0, 200, 48) for x in (0, 96, 192)}
+    assert sorted(written) == sorted(every - set(first))
+    a = zarr.open(tmp_path / "whole" / "big.zarr", mode="r")["0"][:]
+    b = zarr.open(tmp_path / "out" / "big.zarr", mode="r")["0"][:]
+    np.testing.assert_array_equal(a, b)
 
 
 def test_a_bad_plane_fails_the_input_naming_it_and_a_rerun_finishes(
