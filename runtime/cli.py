@@ -40,6 +40,11 @@ COMMANDS: dict[str, tuple[str, str | None, str]] = {
         "Keras -> ONNX (FP32/FP16/INT8, parity-checked) -> TensorRT engine -> Triton repository",
     ),
     "parity": ("fcnx.export.commands.parity", "export", "compare exported artifacts with the Keras model"),
+    "deploy": (
+        "fcnx.export.commands.deploy",
+        "export",
+        "the fastest engine this machine runs within a quality budget, proven on your images: DEPLOY/",
+    ),
     "predict": (
         "fcnx.runtime.commands.predict",
         None,
@@ -157,16 +162,33 @@ def _leave_promptly(code: int) -> None:
         os._exit(code)
 
 
-# What TensorFlow, absl and oneDNN print on every start (to the process's stderr, from C++,
-# before fcnx could configure anything): known noise, dropped line by line. Anything else,
-# errors included, passes; FCNX_DEBUG=1 turns the filter off.
+# TensorFlow's C++ logging (absl): INFO and WARNING lines around every graph conversion and
+# input pipeline (grappler's "Starting new session", devices.cc's "Number of eligible GPUs",
+# tf.data's "Memory patch applied"). TensorFlow reads this level from the environment, so the
+# command sets it before any subcommand is imported (the processes it starts inherit it);
+# ERROR and FATAL lines still print. FCNX_DEBUG=1 leaves it unset; a level the user set is kept.
+TF_LOG_LEVEL = ("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# What the level cannot stop, dropped line by line by the filter below: what TensorFlow prints
+# while its libraries load, before absl::InitializeLog() (oneDNN, the CUDA probes, the CPU
+# instructions), whatever the level says, and absl lines of anything that ignores or resets
+# it. Matched by their shape (an absl INFO/WARNING line), not one pattern per message, plus the
+# ERROR lines every start prints on a machine without a usable GPU. Anything else passes:
+# errors, tracebacks, fcnx's own output. FCNX_DEBUG=1 turns the filter off.
 TF_NOISE = re.compile(
-    r"oneDNN custom operations are on|Could not find cuda drivers|failed call to cuInit|"
-    r"All log messages before absl::InitializeLog\(\) is called|cpu_feature_guard\.cc|"
-    r"^To enable the following instructions: |Unable to register cu(DNN|FFT|BLAS) factory|"
-    r"computation placer already registered|TF-TRT Warning: Could not find TensorRT"
+    r"^[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.+-]+:\d+\] "  # I0000 00:00:1796598063.08 16331 port.cc:153]
+    r"|^WARNING: All log messages before absl::InitializeLog\(\) is called"
+    r"|^To enable the following instructions: "  # the second line of cpu_feature_guard.cc's INFO
+    r"|failed call to cuInit|Unable to register cu(DNN|FFT|BLAS) factory|computation placer already registered"
+    r"|TF-TRT Warning: Could not find TensorRT"
 )
-TF_EXTRAS = ("train", "export", "demo")  # the commands that import TensorFlow
+
+# The commands that can load TensorFlow: a training or export extra, or a .keras model opened
+# through the keras backend (info, bench). Their stderr goes through the filter. fcnx predict
+# opens .keras models too, but its progress bar needs stderr to be the terminal (behind the
+# filter's pipe it would turn itself off), so it has the level alone: what TensorFlow prints
+# while it loads still shows there.
+TF_COMMANDS = frozenset({"demo", "train", "evaluate", "export", "parity", "deploy", "info", "bench"})
 
 
 class NoiseFilter:
@@ -199,8 +221,10 @@ class NoiseFilter:
 def main(argv: list[str] | None = None) -> int:
     _quiet_process()
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = COMMANDS.get(argv[0]) if argv else None
-    noisy = command is not None and command[1] in TF_EXTRAS and not os.environ.get("FCNX_DEBUG")
+    quiet = not os.environ.get("FCNX_DEBUG")
+    if quiet:
+        os.environ.setdefault(*TF_LOG_LEVEL)  # before any subcommand (and TensorFlow) is imported
+    noisy = quiet and bool(argv) and argv[0] in TF_COMMANDS
     noise = NoiseFilter(TF_NOISE) if noisy and threading.current_thread() is threading.main_thread() else None
     try:
         code = _main(argv)
