@@ -58,6 +58,7 @@ class Backend(ABC):
     max_batch: int | None = None  # None: any batch size
     fixed_batch: bool = False  # True: every batch must have exactly max_batch images (pad the last one)
     input_hw: tuple[int | None, int | None] = (None, None)  # fixed spatial size, or None per dynamic axis
+    preferred_batch: int | None = None  # the batch a Segmenter uses when none is given (a deploy's tuned one)
     output_names: list[str]
 
     def __init__(self, path: str | Path) -> None:

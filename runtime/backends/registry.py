@@ -25,9 +25,10 @@ from .base import Backend, BackendError, MissingExtra
 
 @dataclass(frozen=True)
 class ModelKind:
-    name: str  # "onnx" | "openvino" | "engine" | "keras"
+    name: str  # "onnx" | "openvino" | "engine" | "keras" | "deploy"
     suffixes: tuple[str, ...]  # file suffixes of this kind (a training run folder is "keras")
     what: str  # for messages
+    loader: str = ""  # "module:function" that loads this kind itself (a folder naming its own backend)
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class BackendSpec:
     extra: str  # the pip extra that provides its libraries
     provider: str = ""  # onnxruntime's execution provider, for the ort-* backends
     requires: str = ""  # the module whose presence means the backend can be tried here
+    precisions: tuple[str, ...] = ()  # what fcnx deploy exports for it (its candidates)
 
 
 MODEL_KINDS: tuple[ModelKind, ...] = (
@@ -46,18 +48,22 @@ MODEL_KINDS: tuple[ModelKind, ...] = (
     ModelKind("openvino", (".xml",), "an OpenVINO IR (.xml + .bin) from fcnx export openvino"),
     ModelKind("engine", (".engine", ".plan", ".trt"), "a TensorRT engine with its sidecar ENGINE.json"),
     ModelKind("keras", (".keras",), "a .keras file or a training run folder"),
+    ModelKind("deploy", (), "a folder written by fcnx deploy (deploy.json)", "fcnx.runtime.deployed:load_deployed"),
 )
 
 _ORT = "fcnx.runtime.backends.ort:OrtBackend"
 _KERAS = "fcnx.train.keras_backend:KerasBackend"
 BACKENDS: tuple[BackendSpec, ...] = (  # auto order within a kind: first offered that starts
-    BackendSpec("ort-trt", "onnx", True, _ORT, "gpu", "TensorrtExecutionProvider", "onnxruntime"),
-    BackendSpec("ort-cuda", "onnx", True, _ORT, "gpu", "CUDAExecutionProvider", "onnxruntime"),
-    BackendSpec("ort-cpu", "onnx", False, _ORT, "cpu", "CPUExecutionProvider", "onnxruntime"),
+    BackendSpec("ort-trt", "onnx", True, _ORT, "gpu", "TensorrtExecutionProvider", "onnxruntime",
+                precisions=("fp16", "int8")),
+    BackendSpec("ort-cuda", "onnx", True, _ORT, "gpu", "CUDAExecutionProvider", "onnxruntime",
+                precisions=("fp32", "fp16")),
+    BackendSpec("ort-cpu", "onnx", False, _ORT, "cpu", "CPUExecutionProvider", "onnxruntime",
+                precisions=("fp32", "fp16", "int8")),
     BackendSpec("ov-cpu", "openvino", False, "fcnx.runtime.backends.ov:OvBackend", "openvino",
-                requires="openvino"),
+                requires="openvino", precisions=("fp32", "bf16", "int8")),
     BackendSpec("trt", "engine", True, "fcnx.runtime.backends.trt.backend:TrtBackend", "tensorrt",
-                requires="tensorrt"),
+                requires="tensorrt", precisions=("fp16", "int8")),
     BackendSpec("keras", "keras", False, _KERAS, "train", requires="keras"),
     BackendSpec("keras-bf16", "keras", False, _KERAS, "train", requires="keras"),  # mixed_bfloat16 policy
 )  # fmt: skip
@@ -83,7 +89,9 @@ def model_kind(path: str | Path) -> str:
     if path.is_dir():
         if (path / "best.keras").is_file():
             return "keras"
-        raise BackendError(f"{path}: a folder, but not a training run (no best.keras in it)")
+        if (path / "deploy.json").is_file():
+            return "deploy"
+        raise BackendError(f"{path}: a folder, but neither a training run (best.keras) nor a deploy (deploy.json)")
     suffix = path.suffix.lower()
     for kind in MODEL_KINDS:
         if suffix in kind.suffixes:
@@ -146,6 +154,11 @@ def load(path: str | Path, backend: str = "auto", options: Any = None) -> Backen
     if not path.exists():
         raise BackendError(f"{path}: no such model file or folder")
     kind = model_kind(path)
+    loader = next(k.loader for k in MODEL_KINDS if k.name == kind)
+    if loader:  # a deploy folder: its winner on the backend it won on, with its tuned settings
+        module_name, _, attribute = loader.partition(":")
+        loaded: Backend = getattr(importlib.import_module(module_name), attribute)(path, backend, options)
+        return loaded
     candidates = backends_for(kind)
     if backend != "auto":
         spec = backend_spec(backend)

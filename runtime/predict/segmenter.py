@@ -95,8 +95,8 @@ class Segmenter:
                     "on it (export with --batch dynamic for other sizes)"
                 )
             batch_size = limit
-        if batch_size is None:
-            batch_size = min(DEFAULT_BATCH, limit or DEFAULT_BATCH)
+        if batch_size is None:  # a deploy folder's tuned batch, else the default
+            batch_size = min(backend.preferred_batch or DEFAULT_BATCH, limit or DEFAULT_BATCH)
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         if limit is not None and batch_size > limit:

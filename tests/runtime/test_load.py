@@ -64,7 +64,7 @@ def test_file_types(tmp_path: Path, tiny_run: Path) -> None:
         load(tmp_path / "model.pt")
     with pytest.raises(BackendError, match="no such model"):
         load(tmp_path / "gone.onnx")
-    with pytest.raises(BackendError, match="not a training run"):
+    with pytest.raises(BackendError, match="neither a training run"):
         load(tmp_path)
     with pytest.raises(BackendError, match="a keras model runs on keras / keras-bf16, not ort-cpu"):
         load(tiny_run, "ort-cpu")
