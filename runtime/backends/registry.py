@@ -48,7 +48,9 @@ MODEL_KINDS: tuple[ModelKind, ...] = (
     ModelKind("openvino", (".xml",), "an OpenVINO IR (.xml + .bin) from fcnx export openvino"),
     ModelKind("engine", (".engine", ".plan", ".trt"), "a TensorRT engine with its sidecar ENGINE.json"),
     ModelKind("keras", (".keras",), "a .keras file or a training run folder"),
-    ModelKind("deploy", (), "a folder written by fcnx deploy (deploy.json)", "fcnx.runtime.deployed:load_deployed"),
+    ModelKind(
+        "deploy", (), "a folder written by fcnx deploy (deploy.json)", "fcnx.runtime.deployed:load_deployed"
+    ),
 )
 
 _ORT = "fcnx.runtime.backends.ort:OrtBackend"
@@ -91,7 +93,9 @@ def model_kind(path: str | Path) -> str:
             return "keras"
         if (path / "deploy.json").is_file():
             return "deploy"
-        raise BackendError(f"{path}: a folder, but neither a training run (best.keras) nor a deploy (deploy.json)")
+        raise BackendError(
+            f"{path}: a folder, but neither a training run (best.keras) nor a deploy (deploy.json)"
+        )
     suffix = path.suffix.lower()
     for kind in MODEL_KINDS:
         if suffix in kind.suffixes:
