@@ -18,6 +18,8 @@ runtime checks the pair at load (runtime/backends/ov_ir.py).
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
 import tempfile
 import time
@@ -142,6 +144,8 @@ def quantize_with_nncf(
     if config.keep_float == "decoder":
         floats += [name for name in decoder_ops(model, num_classes) if name not in floats]
     scope = nncf.IgnoredScope(names=floats) if floats else None
+    if not os.environ.get("FCNX_DEBUG"):  # its INFO lines per node kept in float: fcnx's record says it
+        nncf.set_log_level(logging.WARNING)
     kwargs: dict[str, Any] = {"subset_size": len(batches)}
     if scope is not None:
         kwargs["ignored_scope"] = scope

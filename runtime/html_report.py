@@ -146,6 +146,58 @@ def _bench(path: Path) -> dict[str, Any]:
     }
 
 
+def _deploy(path: Path) -> dict[str, Any]:
+    """The deploy section: every candidate with its best setting, speed, quality and verdict
+    (the winner starred), and the speeds as a bar chart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    record = json.loads(path.read_text(encoding="utf-8"))
+    objective = record["rule"]["objective"]
+    rows, bars = [], []
+    for e in record["candidates"]:
+        if e["status"] == "not asked":
+            continue
+        best, parity = e.get("best") or {}, e.get("parity") or {}
+        speed = best.get("images_per_second") if objective == "throughput" else best.get("p99_ms")
+        if speed is not None:
+            bars.append((e["candidate"], float(speed), e.get("verdict") == "winner", bool(e.get("baseline"))))
+        setting = best.get("setting") or {}
+        change = parity.get("miou_change")
+        rows.append({
+            "candidate": e["candidate"], "winner": e.get("verdict") == "winner",
+            "setting": ", ".join(f"{k} {v}" for k, v in setting.items() if v is not None) or "-",
+            "speed": "-" if speed is None else f"{speed:.2f} {'img/s' if objective == 'throughput' else 'ms p99'}",
+            "agreement": _percent(parity.get("mask_agreement")) if parity else "-",
+            "change": "-" if change is None else f"{100 * change:+.3f} pt",
+            "verdict": e.get("verdict") or f"{e['status']}: {e.get('reason', '')}",
+            "ok": e.get("verdict") in ("winner", "within budget"), "rejected": e["status"] in ("rejected", "failed"),
+        })  # fmt: skip
+    plots = []
+    if bars:
+        fig, ax = plt.subplots(figsize=(7, 0.35 * len(bars) + 1))
+        colours = ["#2a7" if w else "#999" if b else "#48c" for _, _, w, b in bars]
+        ax.barh([name for name, *_ in bars], [v for _, v, *_ in bars], color=colours)
+        ax.invert_yaxis()
+        ax.set_xlabel("images/s at the best setting" if objective == "throughput" else "p99 ms at batch 1")
+        ax.set_title("candidates (green: the winner, grey: Keras baselines)")
+        fig.tight_layout()
+        plots.append(("deploy-speed", _figure_uri(fig)))
+        plt.close(fig)
+    winner, machine = record["winner"], record["machine"]
+    margin = f", {winner['margin']:.2f}x the runner-up ({winner['runner_up']})" if winner.get("margin") else ""
+    return {
+        "rule": record["rule"]["text"],
+        "winner": f"{winner['candidate']}",
+        "margin": margin,
+        "machine": f"{machine.get('cpu')} ({machine.get('cores')} cores)",
+        "rows": rows,
+        "plots": plots,
+    }
+
+
 def build_report(folders: list[str | Path], out: str | Path, title: str = "") -> Path:
     """Render what the folders hold into ``out`` (atomically); returns its path."""
     try:
@@ -166,9 +218,10 @@ def build_report(folders: list[str | Path], out: str | Path, title: str = "") ->
     card = ModelCard.read(card_path) if card_path else None
     history, evaluation = _first(paths, "history.csv"), _first(paths, "evaluation.json")
     parity, bench = _first(paths, "parity.json"), _first(paths, "bench.json")
+    deploy = _first(paths, "deploy.json")
     curves, epochs = _curves(history) if history else ("", 0)
     overlays = sorted(p for p in paths if p.name.endswith(".overlay.jpg"))
-    if not any((card, history, evaluation, parity, bench, overlays)):
+    if not any((card, history, evaluation, parity, bench, overlays, deploy)):
         raise ValueError(f"{', '.join(map(str, roots))}: none of the files fcnx writes is in there")
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(FOLDER), autoescape=True, undefined=jinja2.StrictUndefined
@@ -187,6 +240,7 @@ def build_report(folders: list[str | Path], out: str | Path, title: str = "") ->
         maps=_maps(paths),
         overlays=_pictures(overlays),
         bench=_bench(bench) if bench else None,
+        deploy=_deploy(deploy) if deploy else None,
     )
     atomic_write_text(out, html)
     return Path(out)

@@ -216,9 +216,9 @@ def deploy(config: DeployConfig, log: Callable[[str], None] = print) -> dict[str
     }
     write_report = _reporter(record, judge_dir, winner) if config.report else None
     folder.write_folder(out, Path(winner["file"]), record, write_report, config.force)
-    log(f"\nwrote {out}: {winner['candidate']} ({_speed(best, config.objective)}, {best['setting']}), "
-        + (f"{choice.margin:.2f}x {choice.runner_up['candidate']}" if choice.runner_up and choice.margin else "")
-        )  # fmt: skip
+    margin = f", {choice.margin:.2f}x the runner-up, {choice.runner_up['candidate']}" if choice.runner_up else ""
+    log(f"\nwrote {out}: {winner['candidate']} at {measure_label(best['setting'])}, "
+        f"{_speed(best, config.objective)}{margin if choice.margin else ''}")
     return record
 
 
@@ -249,6 +249,8 @@ def format_table(entries: list[dict[str, Any]], objective: str) -> str:
     """The candidates for the terminal: speed at the best setting, quality, verdict."""
     lines = [f"{'candidate':<18} {'best setting':<22} {'speed':>14} {'agreement':>10} {'mIoU Δ':>9}  verdict"]
     for e in entries:
+        if e["status"] == "not asked":
+            continue
         best = e.get("best")
         parity = e.get("parity") or {}
         agreement = parity.get("mask_agreement")
@@ -283,6 +285,7 @@ def _reporter(record: dict[str, Any], judge: Path, winner: dict[str, Any]) -> Ca
         try:
             (report_dir / "parity.json").write_text(json.dumps(parity))
             (report_dir / "deploy.json").write_text(json.dumps(record))
+            (report_dir / "card.json").write_text(json.dumps(record["model"]["card"]))
             build_report(
                 [report_dir], staging / "report.html", title=f"fcnx deploy: {winner['candidate']} won"
             )

@@ -13,6 +13,7 @@ outputs; a list that says anything else is refused whole, before anything is del
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -49,8 +50,13 @@ class Manifest:
 
 
 def fingerprint(model: str | Path) -> str:
-    """sha256 of the model file (a run folder: its best.keras)."""
+    """sha256 of the model file (a run folder: its best.keras; a deploy folder: its
+    artifact's files, model.*, so a deploy choosing the same artifact again is the same model)."""
     path = Path(model)
+    if path.is_dir() and not (path / "best.keras").is_file():
+        files = sorted(p for p in path.glob("model.*") if p.is_file())
+        if files:
+            return hashlib.sha256("".join(f"{p.name} {sha256_file(p)}\n" for p in files).encode()).hexdigest()
     return sha256_file(path / "best.keras" if path.is_dir() else path)
 
 
