@@ -187,7 +187,9 @@ def _deploy(path: Path) -> dict[str, Any]:
         plots.append(("deploy-speed", _figure_uri(fig)))
         plt.close(fig)
     winner, machine = record["winner"], record["machine"]
-    margin = f", {winner['margin']:.2f}x the runner-up ({winner['runner_up']})" if winner.get("margin") else ""
+    margin = (
+        f", {winner['margin']:.2f}x the runner-up ({winner['runner_up']})" if winner.get("margin") else ""
+    )
     return {
         "rule": record["rule"]["text"],
         "winner": f"{winner['candidate']}",

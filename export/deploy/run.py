@@ -216,9 +216,13 @@ def deploy(config: DeployConfig, log: Callable[[str], None] = print) -> dict[str
     }
     write_report = _reporter(record, judge_dir, winner) if config.report else None
     folder.write_folder(out, Path(winner["file"]), record, write_report, config.force)
-    margin = f", {choice.margin:.2f}x the runner-up, {choice.runner_up['candidate']}" if choice.runner_up else ""
-    log(f"\nwrote {out}: {winner['candidate']} at {measure_label(best['setting'])}, "
-        f"{_speed(best, config.objective)}{margin if choice.margin else ''}")
+    margin = (
+        f", {choice.margin:.2f}x the runner-up, {choice.runner_up['candidate']}" if choice.runner_up else ""
+    )
+    log(
+        f"\nwrote {out}: {winner['candidate']} at {measure_label(best['setting'])}, "
+        f"{_speed(best, config.objective)}{margin if choice.margin else ''}"
+    )
     return record
 
 
