@@ -171,7 +171,7 @@ def test_budget_flags() -> None:
 def test_a_deploy_folder_for_another_machine_is_refused_with_the_command(
     tmp_path: Path, monkeypatch: Any
 ) -> None:
-    record = {"format": "fcnx-deploy", "version": 1, "command": "fcnx deploy run --data d -o D --force",
+    record: dict[str, Any] = {"format": "fcnx-deploy", "version": 1, "command": "fcnx deploy run --data d -o D --force",
               "winner": {"backend": "ov-cpu", "precision": "bf16", "artifact": "model.xml", "settings": {"batch": 4}},
               "requires": {"gpu": None}}  # fmt: skip
     assert machine_mismatches(record, {"AVX512-BF16": False, "AMX-BF16": False}, []) == [
