@@ -1,9 +1,10 @@
 """fcnx demo [DIR]: the whole product on the embedded synthetic dataset, in a few minutes
-on 2 CPU cores: synthetic EM-like data -> a short training run -> evaluation -> ONNX
-exports in FP32, FP16 and INT8, each with its parity gate -> fcnx predict over a folder
-with the lean runtime -> a short fcnx bench beside Keras -> DIR/report.html.
+on 2 CPU cores: synthetic EM-like data -> a short training run -> evaluation -> fcnx deploy
+(every engine this machine runs, each exported through its parity gate, timed side by side
+beside Keras; the fastest within budget wins) -> fcnx predict DEPLOY/ over the images and
+over one large tiled mosaic with the lean runtime -> DIR/report.html.
 
-A precision whose parity gate refuses the briefly trained demo model is a row that says
+A candidate whose parity gate refuses the briefly trained demo model is a row that says
 so (that is the gate working), not a failed demo.
 """
 
@@ -15,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-PRECISIONS = ("fp32", "fp16", "int8")
+MOSAIC = 4096  # px a side: the large image of the demo, tiled by the Segmenter
+STEPS = 6
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -29,24 +31,29 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--images", type=int, default=24, help="synthetic image/label pairs (default: 24)")
     parser.add_argument("--size", type=int, default=256, help="their side in pixels (default: 256)")
     parser.add_argument(
-        "--bench-seconds", type=float, default=1.5, help="timed seconds per bench row (default: 1.5)"
+        "--deploy-seconds", type=float, default=20.0,
+        help="seconds fcnx deploy times the candidates for, in all (default: 20)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--mosaic", type=int, default=MOSAIC, help=f"side of the large image predicted (default: {MOSAIC})"
     )
     return parser
 
 
 def _step(number: int, text: str) -> float:
-    print(f"[{number}/7] {text}", flush=True)
+    print(f"[{number}/{STEPS}] {text}", flush=True)
     return time.perf_counter()
 
 
 def run(args: argparse.Namespace) -> int:
-    from fcnx.export.onnx_export import OnnxExportConfig, ParityError, export_onnx
+    import cv2
+    import numpy as np
+
+    from fcnx.export.deploy.run import DeployConfig, NothingWithinBudget, deploy
     from fcnx.export.parity_check import check_against_keras
     from fcnx.runtime.atomic import atomic_write_text
-    from fcnx.runtime.bench.config import BenchConfig
-    from fcnx.runtime.bench.report import write_report
-    from fcnx.runtime.bench.run import run_bench
     from fcnx.runtime.html_report import build_report
+    from fcnx.runtime.images import list_images
     from fcnx.runtime.predict.config import PredictConfig
     from fcnx.runtime.predict.job import predict_folder
     from fcnx.train.config import ModelConfig, TrainConfig
@@ -57,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from fcnx.train.synthetic import write_synthetic_dataset
 
     root = Path(args.dir)
-    data, run_dir, exports = root / "data", root / "run", root / "exports"
+    data, run_dir, deployed = root / "data", root / "run", root / "deploy"
     if root.exists() and any(root.iterdir()):
         raise ValueError(f"{root}: not empty; remove it or pass another folder")
     started = time.perf_counter()
@@ -79,86 +86,79 @@ def run(args: argparse.Namespace) -> int:
         f"      validation mIoU {validation:.4f}, all {evaluation['images']} images {evaluation['miou']:.4f}"
     )
 
-    _step(3, f"export onnx fp32, fp16, int8, each proven against Keras -> {exports}")
-    written: dict[str, Path] = {}
-    refused: dict[str, str] = {}
-    for precision in PRECISIONS:
-        out = exports / ("model.onnx" if precision == "fp32" else f"model.{precision}.onnx")
-        options: dict[str, Any] = {"calib": str(data)} if precision == "int8" else {}
-        try:
-            export_onnx(
-                OnnxExportConfig(
-                    model=str(run_dir), out=str(out), precision=precision, data=str(data), **options
-                )
-            )
-            written[precision] = out
-            print(f"      {precision}: {out.name} within its parity budget")
-        except ParityError as exc:
-            refused[precision] = "; ".join(exc.rows[0].failures) if exc.rows else str(exc)
-            print(f"      {precision}: refused by its parity gate ({refused[precision]})")
+    _step(3, f"fcnx deploy: every engine this machine runs, parity-gated, timed beside Keras -> {deployed}")
+    try:
+        record = deploy(
+            DeployConfig(model=str(run_dir), out=str(deployed), data=str(data), time_budget=args.deploy_seconds,
+                         cache=str(root / ".deploy-cache")),
+            log=lambda line: print("      " + line.replace("\n", "\n      "), flush=True),
+        )  # fmt: skip
+    except NothingWithinBudget as exc:
+        print(exc.table)
+        raise ValueError(f"the demo model has no candidate within budget: {exc}") from None
+    winner = record["winner"]
 
-    _step(
-        4,
-        f"parity of every export on the {args.images} real images, disagreement pictures -> {root / 'parity-maps'}",
-    )
+    _step(4, f"parity of the winner on the {len(record['data']['judging'])} judging images, pictures -> "
+             f"{root / 'parity-maps'}")  # fmt: skip
     model = load_keras_model(run_dir)
+    judge = root / "judging"
+    (judge / "image").mkdir(parents=True)
+    (judge / "label").mkdir()
+    labels = {p.stem: p for p in list_images(data / "label")}
+    for name in record["data"]["judging"]:
+        path = Path(name)
+        (judge / "image" / path.name).symlink_to(path.resolve())
+        (judge / "label" / labels[path.stem].name).symlink_to(labels[path.stem].resolve())
     rows = check_against_keras(
-        model, list(written.values()), card_for(model, find_card(run_dir)), data=data, random_images=0,
-        maps=root / "parity-maps",
+        model, [deployed / winner["artifact"]], card_for(model, find_card(run_dir)), data=judge, random_images=0,
+        maps=root / "parity-maps", display_names=[f"{winner['candidate']} ({winner['artifact']})"],
     )  # fmt: skip
     atomic_write_text(root / "parity.json", json.dumps([r.to_dict() for r in rows], indent=2) + "\n")
 
-    _step(
-        5,
-        f"fcnx predict {written['fp32'].name} over {data / 'image'} (the lean runtime) -> {root / 'predictions'}",
-    )
+    _step(5, f"fcnx predict {deployed} over {data / 'image'} and a {args.mosaic}x{args.mosaic} mosaic -> "
+             f"{root / 'predictions'}")  # fmt: skip
     summary = predict_folder(PredictConfig(
-        model=str(written["fp32"]), inputs=(str(data / "image"),), out=str(root / "predictions"), overlay=True,
+        model=str(deployed), inputs=(str(data / "image"),), out=str(root / "predictions"), overlay=True,
         progress=False,
     ))  # fmt: skip
-    rate = f"{summary['images_per_second']:.1f} images/s on {summary['provider']}"
+    rate = f"{summary['images_per_second']:.1f} images/s on {summary['provider']}, batch {summary['batch']}"
     print(f"      {summary['counts']['written']} masks at {rate}")
-
-    _step(6, "fcnx bench: Keras and every export on onnxruntime, batch 1 and 8, side by side")
-    report = run_bench(BenchConfig(
-        models=(str(run_dir), *map(str, written.values())), backends="keras,ort-cpu", batch="1,8",
-        data=str(data), min_seconds=args.bench_seconds, max_seconds=4 * args.bench_seconds, warmup=1,
-        out=str(root / "bench"),
+    slices = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in list_images(data / "image")]
+    tiles = -(-args.mosaic // args.size)
+    grid = [np.hstack([slices[(r * tiles + c) % len(slices)] for c in range(tiles)]) for r in range(tiles)]
+    mosaic = root / "mosaic" / f"mosaic-{args.mosaic}.png"
+    mosaic.parent.mkdir()
+    cv2.imwrite(str(mosaic), np.vstack(grid)[: args.mosaic, : args.mosaic])
+    large = predict_folder(PredictConfig(
+        model=str(deployed), inputs=(str(mosaic),), out=str(root / "predictions-mosaic"), progress=False,
     ))  # fmt: skip
-    write_report(report, root / "bench")
+    print(f"      {mosaic.name}: {args.mosaic**2 / 1e6 / large['seconds']:.1f} Mpx/s end to end, tiled")
 
-    _step(7, f"report -> {root / 'report.html'}")
+    _step(6, f"report -> {root / 'report.html'}")
     build_report([root], root / "report.html", title=f"fcnx demo ({args.arch}, synthetic EM data)")
 
     print()
-    print(_summary_table(rows, refused, report, written))
+    print(_summary_table(record))
     print(f"\ndone in {time.perf_counter() - started:.0f} s: open {root / 'report.html'}")
-    print(f"  model {run_dir}  exports {exports}  masks {root / 'predictions'}  bench {root / 'bench'}")
+    print(f"  model {run_dir}  deploy {deployed}  masks {root / 'predictions'}")
     return 0
 
 
-def _summary_table(
-    rows: list[Any], refused: dict[str, str], report: dict[str, Any], written: dict[str, Path]
-) -> str:
-    """artifact, precision, mask agreement with Keras, images/s at batch 8, x Keras."""
-    speed = {Path(r["model"]).name: r for r in report["rows"] if r["status"] == "ok" and r["batch"] == 8}
-    lines = [f"{'artifact':<18} {'precision':<9} {'mask = Keras':>12} {'images/s':>9} {'x Keras':>8}  parity"]
-    keras = next(
-        (r for r in report["rows"] if r["backend"] == "keras" and r["batch"] == 8 and r["status"] == "ok"),
-        None,
-    )
-    if keras:
+def _summary_table(record: dict[str, Any]) -> str:
+    """Every candidate: precision, mask agreement with Keras, images/s at its best batch, x Keras,
+    verdict; the winner marked *."""
+    entries = [e for e in record["candidates"] if e["status"] != "not asked"]
+    keras = next((e for e in entries if e["candidate"] == "keras fp32" and e.get("best")), None)
+    keras_speed = keras["best"]["images_per_second"] if keras else None
+    lines = [f"  {'candidate':<16} {'mask = Keras':>12} {'images/s':>9} {'x Keras':>8}  verdict"]
+    for e in entries:
+        best, parity = e.get("best") or {}, e.get("parity") or {}
+        speed = best.get("images_per_second")
+        agreement = parity.get("mask_agreement")
+        ratio = f"{speed / keras_speed:>8.2f}" if speed and keras_speed else f"{'-':>8}"
+        mark = "*" if e.get("verdict") == "winner" else " "
         lines.append(
-            f"{'keras (run/)':<18} {'fp32':<9} {'-':>12} {keras['images_per_second']:>9.1f} {1.0:>8.2f}  reference"
+            f"{mark} {e['candidate']:<16} {'-' if agreement is None else f'{agreement:.4%}':>12} "
+            f"{'-' if speed is None else f'{speed:.1f}':>9} {ratio}  {e.get('verdict') or e.get('reason', '')}"
         )
-    for row in rows:
-        name = Path(row.artifact).name
-        bench = speed.get(name, {})
-        ips, vs = bench.get("images_per_second"), bench.get("vs_keras")
-        lines.append(
-            f"{name:<18} {row.precision:<9} {row.mask_agreement:>12.4%} {ips or 0:>9.1f} {vs or 0:>8.2f}  "
-            + ("within budget" if row.passed else "OVER BUDGET")
-        )
-    for precision, why in refused.items():
-        lines.append(f"{'(not written)':<18} {precision:<9} {'-':>12} {'-':>9} {'-':>8}  refused: {why}")
     return "\n".join(lines)

@@ -24,7 +24,7 @@ from fcnx.runtime.bench.timing import TimingConfig, time_side_by_side
 SPEED_IMAGES = 8  # images per throughput call (the batch fills across them)
 THROUGHPUT_BATCHES = (1, 4, 8, 16)
 OV_REQUESTS = (None, 1)  # OpenVINO's optimal number of infer requests, or one at a time
-MIN_ROW_SECONDS = 1.0
+MIN_ROW_SECONDS = 0.5
 MAX_ROW_SECONDS = 30.0
 
 

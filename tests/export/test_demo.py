@@ -1,5 +1,5 @@
-"""fcnx demo on tiny settings, and the report it writes: every artifact there, each parity
-row judged, FP32 within budget, bench rows measured; the HTML parses, every picture is an
+"""fcnx demo on tiny settings, and the report it writes: every artifact there, the deploy's
+candidates judged and timed beside Keras, its winner run by predict; the HTML parses, every picture is an
 embedded data: URI that decodes, the tables have their rows, nothing refers to the network;
 and no TensorFlow start-up noise on stderr."""
 
@@ -26,7 +26,7 @@ from fcnx.runtime.cli import TF_NOISE, main
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("demo") / "fcnx-demo"
     args = ["demo", str(root), "--epochs", "2", "--steps-per-epoch", "3", "--images", "8", "--size", "64",
-            "--bench-seconds", "0.2"]  # fmt: skip
+            "--deploy-seconds", "2", "--mosaic", "300"]  # fmt: skip
     assert main(args) == 0
     return root
 
@@ -64,16 +64,21 @@ class _Page(html.parser.HTMLParser):
 
 
 def test_the_demo_writes_every_artifact_with_judged_parity(demo: Path) -> None:
-    for name in ("run/best.keras", "run/card.json", "evaluation.json", "exports/model.onnx", "parity.json",
-                 "bench/bench.json", "report.html"):  # fmt: skip
+    for name in ("run/best.keras", "run/card.json", "evaluation.json", "deploy/deploy.json", "deploy/report.html",
+                 "parity.json", "report.html"):  # fmt: skip
         assert (demo / name).is_file(), name
+    record = json.loads((demo / "deploy" / "deploy.json").read_text())
+    judged = {e["candidate"]: e for e in record["candidates"]}
+    assert judged["ort-cpu fp32"]["status"] == "passed" and judged["ort-cpu fp32"]["parity"]["images"] == 4
+    assert judged["keras fp32"]["best"]["images_per_second"] > 0  # the baseline, timed beside them
+    assert [e["candidate"] for e in record["candidates"] if e.get("verdict") == "winner"] == [
+        record["winner"]["candidate"]]  # fmt: skip
     parity = json.loads((demo / "parity.json").read_text())
-    assert parity and all("passed" in row for row in parity)
-    fp32 = [row for row in parity if row["precision"] == "fp32"]
-    assert len(fp32) == 1 and fp32[0]["passed"] and fp32[0]["images"] == 8
+    assert (
+        len(parity) == 1 and parity[0]["passed"] and parity[0]["images"] == 4
+    )  # the winner, on the judging half
     assert len(list((demo / "predictions").glob("*.png"))) == 8
-    rows = json.loads((demo / "bench" / "bench.json").read_text())["rows"]
-    assert {r["backend"] for r in rows if r["status"] == "ok"} == {"keras", "ort-cpu"}
+    assert len(list((demo / "predictions-mosaic").glob("mosaic-300*.png"))) == 1
 
 
 def test_the_report_is_one_self_contained_page(demo: Path) -> None:
@@ -89,9 +94,12 @@ def test_the_report_is_one_self_contained_page(demo: Path) -> None:
     parity = json.loads((demo / "parity.json").read_text())
     tables = {table[0][0]: table for table in page.tables if table and table[0]}
     assert len(tables["artifact"]) == 1 + len(parity)  # header + one row per compared artifact
-    assert any(row[:2] == ["architecture", "fcn8s (slim)"] for row in page.tables[0])
-    bench_rows = json.loads((demo / "bench" / "bench.json").read_text())["rows"]
-    assert len(tables["model"]) == 1 + len(bench_rows)
+    assert any(row[:2] == ["architecture", "fcn8s (slim)"] for table in page.tables for row in table)
+    record = json.loads((demo / "deploy" / "deploy.json").read_text())
+    shown = [e for e in record["candidates"] if e["status"] != "not asked"]
+    assert len(tables["candidate"]) == 1 + len(shown)
+    assert [row[0] for row in tables["candidate"][1:] if row[0].startswith("★")] == [
+        "★ " + record["winner"]["candidate"]]  # fmt: skip
 
 
 def test_fcnx_report_without_anything_to_show_is_one_line(tmp_path: Path, capsys: Any) -> None:
