@@ -203,6 +203,48 @@ def _keras_info(path: Path) -> dict[str, Any]:
     }
 
 
+def _deploy_info(path: Path) -> dict[str, Any]:
+    """A deploy folder: its winning artifact described as itself, then what deploy chose,
+    with what settings, on which machine, and whether this machine can run it."""
+    from fcnx.runtime.backends.registry import model_kind
+    from fcnx.runtime.bench.machine import cpu_flags, gpu_names
+    from fcnx.runtime.deployed import machine_mismatches, read_deploy, rerun_command
+
+    record = read_deploy(path)
+    winner = record["winner"]
+    artifact = path / winner["artifact"]
+    info = describe_model(artifact)
+    info.pop("model", None)
+    info["card"] = info.pop("card_full")
+    from fcnx.runtime.card import ModelCard
+
+    info["card"] = ModelCard.from_dict(info["card"])
+    settings = ", ".join(f"{k} {v}" for k, v in (winner.get("settings") or {}).items() if v is not None)
+    machine = record.get("machine") or {}
+    problems = machine_mismatches(record, cpu_flags(), gpu_names())
+    speed = winner.get("images_per_second")
+    margin = (
+        f", {winner['margin']:.2f}x the runner-up ({winner['runner_up']})" if winner.get("margin") else ""
+    )
+    info["kind"] = f"deploy: {winner['artifact']}, {model_kind(artifact)}"
+    info["deployed"] = {
+        "winner": winner["candidate"],
+        "settings": settings,
+        "measured_on": machine.get("cpu"),
+    }
+    info["note"] = (
+        f"deploy chose {winner['candidate']} ({settings}"
+        + (f", {speed:.2f} images/s" if speed else "")
+        + f"{margin}) on {machine.get('cpu', '?')}; "
+        + (
+            "; ".join(problems) + f"; choose again here: {rerun_command(record, path)}"
+            if problems
+            else "runs here"
+        )
+    )
+    return info
+
+
 def describe_model(model: str | Path) -> dict[str, Any]:
     from fcnx.runtime.backends.registry import model_kind
 
@@ -210,7 +252,8 @@ def describe_model(model: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise ValueError(f"{path}: no such model file or folder")
     kind = model_kind(path)
-    readers = {"onnx": _onnx_info, "openvino": _openvino_info, "engine": _engine_info, "keras": _keras_info}
+    readers = {"onnx": _onnx_info, "openvino": _openvino_info, "engine": _engine_info, "keras": _keras_info,
+               "deploy": _deploy_info}  # fmt: skip
     info = readers[kind](path)
     card = info.pop("card")
     if path.is_file():

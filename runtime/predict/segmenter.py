@@ -29,7 +29,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -47,11 +46,10 @@ from .tiling import (
     Rows,
     TileGrid,
     default_overlap,
-    first_tile_row,
     flip,
-    mirror_indices,
     parse_tile,
 )
+from .windows import plan_window, window_pieces
 
 FITS = ("auto", "resize", "pad")
 TTAS = tuple(TTA_FLIPS)
@@ -215,90 +213,18 @@ class Segmenter:
         note: Note | None = None,
         columns: tuple[int, int] | None = None,
     ) -> Windowed:
-        """Plane ``plane`` of ``source`` as tiles read by rows of tiles, its finished rows
-        going to ``emit(y0, mask, probs)``; ``from_row``: resume there (rows above it are
-        not emitted again, tile rows that cannot reach it are not run). ``intensity``: the
-        16-bit mapping (default the card's), ``note`` gets its warnings. ``columns``: only
-        the strip x0..x1 of the plane (its rows are what ``emit`` gets)."""
-        info = source.info
-        intensity = intensity or self.card.intensity
-        if self.tile is None:
-            raise ValueError(
-                f"{info.spec}: an array plane is read by windows, which needs tiling (not --tile off)"
-            )
-        if intensity.startswith("percentile"):
-            raise ValueError(
-                f"{info.spec}: --intensity {intensity} needs a whole plane's histogram; a plane read "
-                "by windows takes auto, full or bits:N"
-            )
-        if info.channels not in (1, 3, 4):
-            raise ValueError(
-                f"{info.spec}: axes {info.axes} give {info.channels} channels; the model takes "
-                f"{self.card.input_channels} (grey, RGB or RGBA planes are read)"
-            )
-        size = (info.height, info.width)
-        grid = TileGrid.over(size, self.tile, self.overlap, self.card.input_multiple)
-        if columns is not None:
-            grid = grid.strip(*columns)
-        start = first_tile_row(grid, from_row, stitched=not self.has_probs)
-
-        def emit_from(y0: int, mask: np.ndarray, probs: np.ndarray | None) -> None:
-            if y0 + len(mask) > from_row:  # rows a resumed run already has are not written again
-                cut = max(0, from_row - y0)
-                emit(y0 + cut, mask[cut:], None if probs is None else probs[cut:])
-
-        emit_rows = emit_from if from_row else emit
-        return Windowed(source, plane, grid, self.card.input_channels, emit_rows, start, intensity, note)
-
-    @staticmethod
-    def _window_columns(grid: TileGrid) -> tuple[int, int]:
-        """The columns of the plane that the grid's tiles read (a strip's and its halo)."""
-        last = mirror_indices(grid.cols[-1], grid.tile[1], grid.size[1])
-        return grid.cols[0], int(last.max()) + 1
-
-    def _window_rows(self, plan: Windowed, r: int) -> np.ndarray:
-        """Tile row ``r`` of a windowed plane: its rows read from the source (mirror-filled
-        past the bottom), mapped to uint8 and the model's channels; the columns its tiles
-        read (``_window_columns``)."""
-        g = plan.grid
-        h, th = g.size[0], g.tile[0]
-        rows = mirror_indices(g.rows[r], th, h)
-        lo, hi = int(rows.min()), int(rows.max()) + 1
-        origin = f"{plan.source.info.spec} {plan.source.info.plane_label(plan.plane)}".strip()
-        band = plan.source.read(plan.plane, lo, hi, *self._window_columns(g))
-        band = to_channels(to_uint8(band, origin, plan.intensity, None, plan.note), self.card.input_channels)
-        return band[rows - lo] if (lo, hi) != (g.rows[r], g.rows[r] + th) else band
-
-    def _windowed_pieces(self, plan: Windowed) -> Iterator[np.ndarray]:
-        """The tiles of a windowed plane; the next row of tiles is read (a thread) while
-        this one's tiles go through the model."""
-        g = plan.grid
-        with ThreadPoolExecutor(1, thread_name_prefix="fcnx-window") as reader:
-            ahead = (
-                reader.submit(self._window_rows, plan, plan.start_row)
-                if plan.start_row < len(g.rows)
-                else None
-            )
-            for r in range(plan.start_row, len(g.rows)):
-                assert ahead is not None
-                band = ahead.result()
-                ahead = reader.submit(self._window_rows, plan, r + 1) if r + 1 < len(g.rows) else None
-                (w, tw), left = (g.size[1], g.tile[1]), g.cols[0]  # left: the band's first column
-                for x in g.cols:  # past the right edge: mirror-filled from columns the band holds
-                    inside = x + tw <= w
-                    tile = (
-                        band[:, x - left : x - left + tw]
-                        if inside
-                        else band[:, mirror_indices(x, tw, w) - left]
-                    )
-                    for flip_rows, flip_cols in self.passes:
-                        yield np.ascontiguousarray(flip(tile, flip_rows, flip_cols))
+        """Plane ``plane`` of ``source`` (or its column strip ``columns``) read by windows,
+        its finished rows to ``emit``, from row ``from_row`` on (windows.py)."""
+        tiling, stitched = (self.tile, self.overlap), not self.has_probs
+        return plan_window(
+            source, plane, emit, tiling, self.card, stitched, from_row, intensity, note, columns
+        )
 
     def pieces(self, plan: Plan) -> Iterator[np.ndarray]:
         """What goes to the model for one image, in order: each tile (row-major) or the
         whole image, each followed by its flips with test-time augmentation."""
         if isinstance(plan, Windowed):
-            yield from self._windowed_pieces(plan)
+            yield from window_pieces(plan, self.passes, self.card.input_channels)
         elif isinstance(plan, Tiled):
             for r in range(len(plan.grid.rows)):
                 for c in range(len(plan.grid.cols)):

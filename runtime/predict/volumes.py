@@ -11,7 +11,7 @@ A plane goes one of two ways:
   whole, planned and run exactly as an image file of the same pixels (``Segmenter.plan``),
   so page i of a stack's masks equals ``fcnx predict`` of slice i as a PNG; consecutive
   planes share batches.
-- **windowed** (larger): ``Segmenter.plan_window`` reads one row of tiles at a time (with
+- **windowed** (larger): ``Segmenter.plan_window`` (windows.py) reads one row of tiles at a time (with
   its overlap) and hands finished rows on as soon as no later tile touches them; memory is
   the tile rows in flight plus one output band, whatever the plane's height. A writer that
   writes by columns (OME-Zarr) cuts a wider plane into column strips (``MaskWriter.strip``)

@@ -234,6 +234,13 @@ def test_a_deploy_runs_as_predicting_its_winner_directly(
         by_hand = Segmenter(direct, winner["settings"]["batch"]).predict(images)
     for a, b in zip(via_deploy, by_hand):
         np.testing.assert_array_equal(a, b)
+    from fcnx.runtime.commands.info import describe_model
+
+    info = describe_model(out)
+    assert info["kind"] == "deploy: model.onnx, onnx" and info["note"].startswith(
+        f"deploy chose {winner['candidate']}"
+    )
+    assert info["note"].endswith("runs here")
     with pytest.raises(FileExistsError, match="--force"):
         deploy(_config(tiny_run, synthetic_data, out, tmp_path / "cache"), log=lambda _: None)
 
