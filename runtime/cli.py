@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import re
 import signal
@@ -224,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     quiet = not os.environ.get("FCNX_DEBUG")
     if quiet:
         os.environ.setdefault(*TF_LOG_LEVEL)  # before any subcommand (and TensorFlow) is imported
+        # TensorFlow's Python logger (tf.function retracing advice when Keras predicts batches
+        # of several sizes): errors only; its level is kept when TensorFlow configures it
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
     noisy = quiet and bool(argv) and argv[0] in TF_COMMANDS
     noise = NoiseFilter(TF_NOISE) if noisy and threading.current_thread() is threading.main_thread() else None
     try:

@@ -97,6 +97,17 @@ def test_parity_is_quiet(run_dir: Path, exported: tuple[Path, subprocess.Complet
     _assert_quiet(_fcnx("parity", str(run_dir), str(onnx)), "verdict")
 
 
+def test_deploy_is_quiet(run_dir: Path, synthetic_data: Path, folder: Path) -> None:
+    """A deploy exports (tf2onnx, NNCF), runs Keras baselines and times: none of it prints a log line."""
+    import importlib.util
+
+    int8 = "ov-cpu int8" if importlib.util.find_spec("nncf") else "ort-cpu int8"
+    done = _fcnx("deploy", str(run_dir), "--data", str(synthetic_data), "-o", str(folder / "deployed"),
+                 "--cache", str(folder / "deploy-cache"), "--candidates", f"ort-cpu fp32,{int8}",
+                 "--time-budget", "2", "--no-report")  # fmt: skip
+    _assert_quiet(done, "wrote ")
+
+
 def test_an_error_still_reaches_the_terminal(run_dir: Path, folder: Path) -> None:
     done = _fcnx("evaluate", str(run_dir), str(folder / "no-such-data"))
     assert done.returncode != 0 and "error: " in done.stderr and "no-such-data" in done.stderr
