@@ -3,11 +3,13 @@
 A row is one candidate with one setting (``Setting``: the batch the Segmenter fills, and
 for ov-cpu the infer requests in flight) timed through the Segmenter, the path ``fcnx
 predict`` takes, on the judging images at their own sizes (tiled where they are larger
-than the model's input). ``throughput``: a call segments ``SPEED_IMAGES`` images; the
-row's speed is images/s. ``latency``: a call segments one image at batch 1; the row's
-speed is its p99 in ms. The rows are timed round-robin (``time_side_by_side``), so a
-slow minute of the machine hits every row alike; the Keras FP32/BF16 baselines are rows
-too, never chosen. The time budget is shared out between the rows.
+than the model's input). ``throughput``: a call segments ``SPEED_IMAGES`` images (at least a batch of them);
+the row's speed is images/s. ``latency``: a call segments one image at batch 1; the row's
+speed is its p99 in ms. Rows are timed round-robin (``time_side_by_side``), so a slow
+minute of the machine hits every row alike: first each candidate's settings beside each
+other (``sweep``, one candidate's backends in memory at a time), then every candidate at
+its best setting beside the others and the Keras FP32/BF16 baselines (``final``: what the
+rule compares; Keras never chosen). The time budget is shared out between the rows.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ import numpy as np
 
 from fcnx.runtime.bench.timing import TimingConfig, time_side_by_side
 
-SPEED_IMAGES = 8  # images per throughput call (the batch fills across them)
-THROUGHPUT_BATCHES = (1, 4, 8, 16)
-OV_REQUESTS = (None, 1)  # OpenVINO's optimal number of infer requests, or one at a time
+SPEED_IMAGES = 4  # images per throughput call, at least (a call fills at least one batch)
+THROUGHPUT_BATCHES = (1, 4, 8)
+OV_REQUESTS = (None, 1)  # OpenVINO's optimal number of infer requests, or one at a time (latency)
 MIN_ROW_SECONDS = 0.5
 MAX_ROW_SECONDS = 30.0
 
@@ -46,9 +48,7 @@ def settings_for(backend: str, objective: str) -> list[Setting]:
     requests), batch 1 for latency."""
     if objective == "latency":
         return [Setting(1, r) for r in OV_REQUESTS] if backend == "ov-cpu" else [Setting(1)]
-    if backend == "ov-cpu":
-        return [Setting(b, r) for b in THROUGHPUT_BATCHES for r in OV_REQUESTS if not (r == 1 and b == 1)]
-    return [Setting(b) for b in THROUGHPUT_BATCHES]
+    return [Setting(b) for b in THROUGHPUT_BATCHES]  # OpenVINO: its optimal requests in flight
 
 
 @dataclass(frozen=True)
@@ -95,40 +95,49 @@ def calls_for(
     if objective == "latency":
         turn = iter(range(10**9))
         return (lambda: segmenter.predict([images[next(turn) % len(images)]])), 1
-    chosen = (images * SPEED_IMAGES)[:SPEED_IMAGES]
+    count = max(SPEED_IMAGES, row.setting.batch)
+    chosen = (images * count)[:count]
     return (lambda: segmenter.predict(chosen)), len(chosen)
 
 
-def measure(
-    rows: list[Row],
-    images: list[np.ndarray],
-    objective: str,
-    seconds: float,
-    log: Callable[[str], None] = print,
+def _load_key(row: Row) -> tuple[Any, ...]:
+    """Rows that can share one loaded backend: an onnxruntime session runs any batch; an
+    OpenVINO model is compiled for its batch and infer requests."""
+    s = row.setting
+    return (row.backend, row.artifact, s.threads) + ((s.batch, s.requests) if row.backend == "ov-cpu" else ())
+
+
+def _time_rows(
+    rows: list[Row], images: list[np.ndarray], objective: str, seconds: float, stage: str
 ) -> list[dict[str, Any]]:
-    """Each row's speed (the rows that cannot load or run get status "failed", with why),
-    timed side by side within about ``seconds`` in all."""
+    """``rows`` timed side by side (round-robin) within about ``seconds``; each loaded
+    backend closed after. A row that cannot load or run gets status "failed", with why."""
     per_row = min(MAX_ROW_SECONDS, max(MIN_ROW_SECONDS, seconds / max(1, len(rows)) / 1.5))
-    config = TimingConfig(warmup=1, min_seconds=per_row, min_calls=3, max_seconds=2 * per_row,
+    config = TimingConfig(warmup=0, min_seconds=per_row, min_calls=2, max_seconds=2 * per_row,
                           window=3, tolerance=0.15, round_seconds=max(0.5, per_row / 3))  # fmt: skip
     results: dict[str, dict[str, Any]] = {}
     contenders: dict[str, tuple[Callable[[], object], int]] = {}
-    loaded = []
+    loaded: dict[tuple[Any, ...], Any] = {}
     try:
         for row in rows:
             try:
-                backend = _load(row)
-                loaded.append(backend)
+                key = _load_key(row)
+                backend = loaded[key] if key in loaded else loaded.setdefault(key, _load(row))
                 call, count = calls_for(row, backend, images, objective)
-                call()  # a row that cannot run fails here, alone
+                call()  # the warm-up call: a row that cannot run fails here, alone
                 contenders[row.name] = (call, count)
-                results[row.name] = {**row.key(), "status": "measured", "provider": backend.provider}
-            except Exception as exc:
-                results[row.name] = {**row.key(), "status": "failed", "reason": " ".join(str(exc).split())}
-        log(f"timing {len(contenders)} rows side by side, ~{per_row:.0f} s each")
+                results[row.name] = {
+                    **row.key(),
+                    "stage": stage,
+                    "status": "measured",
+                    "provider": backend.provider,
+                }
+            except Exception as exc:  # any backend failure is this row's result
+                results[row.name] = {**row.key(), "stage": stage, "status": "failed",
+                                     "reason": " ".join(str(exc).split())}  # fmt: skip
         timings = time_side_by_side(contenders, config)
     finally:
-        for backend in loaded:
+        for backend in loaded.values():
             backend.close()
     out = []
     for row in rows:
@@ -140,6 +149,43 @@ def measure(
                           stable=t.stable(config.window, config.tolerance))  # fmt: skip
         out.append(result)
     return out
+
+
+def _speed(result: dict[str, Any], objective: str) -> float:
+    return result["images_per_second"] if objective == "throughput" else -result["p99_ms"]
+
+
+def measure(
+    rows: list[Row],
+    images: list[np.ndarray],
+    objective: str,
+    seconds: float,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Every row's speed, in two stages so that memory holds one candidate's backends at a
+    time, not every setting of every candidate: ``sweep``, each candidate's settings timed
+    side by side (its best setting found); ``final``, every candidate at its best setting
+    and the baselines, timed side by side: the rows the rule compares. ``seconds``: the
+    time budget of both."""
+    by_candidate: dict[str, list[Row]] = {}
+    for row in rows:
+        by_candidate.setdefault(row.candidate, []).append(row)
+    swept_rows = sum(len(g) for g in by_candidate.values() if len(g) > 1)
+    sweep_seconds = 0.6 * seconds * swept_rows / max(1, len(rows))
+    swept: list[dict[str, Any]] = []
+    finalists: list[Row] = []
+    for candidate, group in by_candidate.items():
+        if len(group) == 1:
+            finalists.append(group[0])
+            continue
+        log(f"timing {len(group)} settings of {candidate} side by side")
+        results = _time_rows(group, images, objective, sweep_seconds * len(group) / swept_rows, "sweep")
+        swept += results
+        ran = [(r, row) for r, row in zip(results, group) if r["status"] == "measured"]
+        finalists.append(max(ran, key=lambda pair: _speed(pair[0], objective))[1] if ran else group[0])
+    log(f"timing {len(finalists)} candidates at their best settings side by side")
+    final = _time_rows(finalists, images, objective, seconds - sweep_seconds, "final")
+    return swept + final
 
 
 def speed_images(judge: list[Path], channels: int, intensity: str) -> list[np.ndarray]:

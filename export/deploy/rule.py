@@ -65,7 +65,11 @@ def quality_failures(entry: dict[str, Any], budget: Budget) -> list[str]:
 
 
 def best_row(entry: dict[str, Any], objective: str) -> dict[str, Any] | None:
+    """The candidate's row the rule compares: its ``final`` one (timed beside the other
+    candidates) when there is one, else its fastest."""
     measured = [r for r in entry.get("rows", []) if r.get("status") == "measured"]
+    final = [r for r in measured if r.get("stage") == "final"]
+    measured = final or measured
     return max(measured, key=lambda r: score(r, objective)) if measured else None
 
 

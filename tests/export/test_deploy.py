@@ -268,7 +268,7 @@ def test_a_failed_gate_is_a_rejected_row_and_nothing_within_budget_writes_nothin
 # what differs between two deploys of the same inputs: timings, and what timings decide (the winner
 # of two candidates that close, the verdicts); and where the cache lies
 TIMINGS = {"seconds", "export_seconds", "images_per_second", "p50_ms", "p99_ms", "calls", "stable", "margin",
-           "best", "machine", "winner", "verdict", "file", "command", "provider"}  # fmt: skip
+           "best", "machine", "winner", "verdict", "file", "command", "provider", "rows"}  # fmt: skip
 
 
 def _without_timings(value: Any) -> Any:
@@ -300,4 +300,10 @@ def test_a_killed_deploy_resumes_from_the_cache(tiny_run: Path, synthetic_data: 
     a = json.loads((tmp_path / "D" / "deploy.json").read_text())
     b = json.loads((tmp_path / "F" / "deploy.json").read_text())
     assert _without_timings(a) == _without_timings(b)
+
+    def tried(record: dict[str, Any]) -> list[tuple[str, str, int]]:  # every setting timed in the sweep
+        return sorted((e["candidate"], r["stage"], r["setting"]["batch"]) for e in record["candidates"]
+                      for r in e.get("rows", []) if r["stage"] == "sweep")  # fmt: skip
+
+    assert tried(a) == tried(b) and len(tried(a)) == 6
     assert [e["status"] for e in a["candidates"] if e["status"] == "passed"] == ["passed", "passed"]
