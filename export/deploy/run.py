@@ -218,7 +218,7 @@ def deploy(config: DeployConfig, log: Callable[[str], None] = print) -> dict[str
         "requires": {"gpu": machine["gpus"][0] if winner["backend"] == "trt" and machine["gpus"] else None},
         "seconds": round(time.perf_counter() - started, 1),
     }
-    write_report = _reporter(record, judge_dir, winner) if config.report else None
+    write_report = _reporter(record, keras, judge_dir, winner) if config.report else None
     folder.write_folder(out, Path(winner["file"]), record, write_report, config.force)
     margin = (
         f", {choice.margin:.2f}x the runner-up, {choice.runner_up['candidate']}" if choice.runner_up else ""
@@ -279,11 +279,19 @@ def measure_label(setting: dict[str, Any]) -> str:
     return Setting(**setting).label()
 
 
-def _reporter(record: dict[str, Any], judge: Path, winner: dict[str, Any]) -> Callable[[Path], None]:
+def _reporter(
+    record: dict[str, Any], keras: Path, judge: Path, winner: dict[str, Any]
+) -> Callable[[Path], None]:
+    """DEPLOY/report.html: the candidates, the speed chart, the model card, every candidate's
+    parity row, and the winner's disagreement pictures on the first judging images."""
+
     def write(staging: Path) -> None:
         import json
 
+        from fcnx.export.parity_check import check_against_keras
+        from fcnx.runtime.card import ModelCard
         from fcnx.runtime.html_report import build_report
+        from fcnx.train.model_file import load_keras_model
 
         parity = [{"artifact": e["candidate"], "precision": e["precision"], **e["parity"],
                    "passed": e["status"] == "passed" and not e["parity"].get("failures")}
@@ -294,6 +302,10 @@ def _reporter(record: dict[str, Any], judge: Path, winner: dict[str, Any]) -> Ca
             (report_dir / "parity.json").write_text(json.dumps(parity))
             (report_dir / "deploy.json").write_text(json.dumps(record))
             (report_dir / "card.json").write_text(json.dumps(record["model"]["card"]))
+            if Path(winner["file"]).suffix in (".onnx", ".xml"):  # what the CPU can compare
+                card = ModelCard.from_dict(record["model"]["card"])
+                check_against_keras(load_keras_model(keras), [winner["file"]], card, data=judge, random_images=0,
+                                    display_names=[winner["candidate"]], maps=report_dir / "parity-maps")  # fmt: skip
             build_report(
                 [report_dir], staging / "report.html", title=f"fcnx deploy: {winner['candidate']} won"
             )

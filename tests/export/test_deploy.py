@@ -222,6 +222,8 @@ def test_a_deploy_runs_as_predicting_its_winner_directly(
     winner = record["winner"]
     assert sorted(p.name for p in out.iterdir()) == ["deploy.json", "model.onnx", "report.html"]
     assert json.loads((out / "deploy.json").read_text()) == record
+    page = (out / "report.html").read_text()
+    assert page.count("<img") >= 1 + 4 and "The deployment" in page  # the speed chart, the winner's pictures
     assert {e["candidate"] for e in record["candidates"] if e["status"] in ("passed", "rejected")} == {
         "ort-cpu fp32", "ort-cpu int8"}  # fmt: skip
     judging = {Path(p).name for p in record["data"]["judging"]}
