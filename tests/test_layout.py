@@ -97,3 +97,16 @@ def test_the_checker_sees_lazy_imports_and_relative_ones(tmp_path: Path) -> None
     found = _imports("fcnx.runtime.predict.job", source)
     assert ("fcnx.runtime.card", True) in found and ("onnx", False) in found
     assert ("fcnx.runtime.predict.ray", False) in found
+
+
+def test_every_package_is_in_the_wheel() -> None:
+    """pyproject.toml lists packages by hand (an editable install would hide a missing one)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        "fcnx." + ".".join(init.parent.relative_to(ROOT).parts)
+        for top in ("train", "export", "runtime")
+        for init in (ROOT / top).rglob("__init__.py")
+    }
+    assert found - listed == set(), "packages missing from pyproject.toml's [tool.setuptools] packages"
