@@ -147,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
 def _summary_table(record: dict[str, Any]) -> str:
     """Every candidate: precision, mask agreement with Keras, images/s at its best batch, x Keras,
     verdict; the winner marked *."""
-    entries = [e for e in record["candidates"] if e["status"] != "not asked"]
+    entries = [e for e in record["candidates"] if e["status"] not in ("not asked", "unavailable")]
+    missing = [e["candidate"] for e in record["candidates"] if e["status"] == "unavailable"]
     keras = next((e for e in entries if e["candidate"] == "keras fp32" and e.get("best")), None)
     keras_speed = keras["best"]["images_per_second"] if keras else None
     lines = [f"  {'candidate':<16} {'mask = Keras':>12} {'images/s':>9} {'x Keras':>8}  verdict"]
@@ -161,4 +162,6 @@ def _summary_table(record: dict[str, Any]) -> str:
             f"{mark} {e['candidate']:<16} {'-' if agreement is None else f'{agreement:.4%}':>12} "
             f"{'-' if speed is None else f'{speed:.1f}':>9} {ratio}  {e.get('verdict') or e.get('reason', '')}"
         )
+    if missing:
+        lines.append(f"  (not on this machine: {', '.join(missing)}; deploy.json says why)")
     return "\n".join(lines)
