@@ -153,6 +153,17 @@ class OvBackend(Backend):
         if problems:
             raise BackendError(f"{self.path}: its fcnx card and its graph disagree: {'; '.join(problems)}")
 
+    def _padded(self, batch: np.ndarray) -> np.ndarray:
+        """``batch`` as a shape already compiled: a smaller batch of a compiled image size is
+        padded (its last image repeated) to the nearest compiled batch, not compiled anew (the
+        last, partial batch of each image or strip would otherwise compile, and keep, a model
+        and its infer requests per remainder); the caller keeps the first ``len(batch)``."""
+        n, rest = batch.shape[0], tuple(batch.shape[1:])
+        larger = sorted(s[0] for s in self._compiled if s[1:] == rest and s[0] > n)
+        if tuple(batch.shape) in self._compiled or not larger:
+            return batch
+        return np.concatenate([batch, np.repeat(batch[-1:], larger[0] - n, axis=0)])
+
     def _compiled_for(self, shape: tuple[int, ...]) -> _Compiled:
         """The compiled model for one static input shape (compiled on first use)."""
         entry = self._compiled.get(shape)
@@ -206,9 +217,11 @@ class OvBackend(Backend):
         }
 
     def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        n = len(batch)
+        batch = self._padded(batch)
         entry = self._compiled_for(tuple(batch.shape))
         entry.request.infer({0: batch})
-        return self._outputs(entry.request)
+        return {k: v[:n] for k, v in self._outputs(entry.request).items()}
 
     def infer_stream(self, batches: Iterable[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         """``infer`` for each batch, results in input order, with up to ``requests_in_flight`` batches
@@ -219,9 +232,14 @@ class OvBackend(Backend):
         next_out = 0
         current: _Compiled | None = None
 
+        counts: dict[int, int] = {}  # images of each batch (before any padding)
+
         def finished(request: Any, index: int) -> None:
             try:
-                result: dict[str, np.ndarray] | BaseException = self._outputs(request)
+                n = counts.pop(index)
+                result: dict[str, np.ndarray] | BaseException = {
+                    k: v[:n] for k, v in self._outputs(request).items()
+                }
             except BaseException as exc:  # handed to the consumer, in order
                 result = exc
             with lock:
@@ -242,6 +260,8 @@ class OvBackend(Backend):
         try:
             for index, batch in enumerate(batches):
                 self.check(batch)
+                counts[index] = len(batch)
+                batch = self._padded(batch)
                 entry = self._compiled_for(tuple(batch.shape))
                 if entry is not current:
                     if current is not None:

@@ -177,3 +177,18 @@ def test_stream_keeps_order_and_equals_infer(threshold_xml: Path) -> None:
         assert np.array_equal(got["mask"], want["mask"])
         assert np.array_equal(got["probs"], want["probs"])
         assert np.array_equal(got["mask"], batch[..., 0] > 127)
+
+
+def test_a_smaller_batch_runs_padded_on_a_compiled_shape(tiny_xml: dict[str, Path]) -> None:
+    """The last, partial batch of an image (or strip) runs on the batch already compiled
+    (padded, then cut), not on a new compile that would stay in memory: same results."""
+    full = batch_of(4)
+    with OvBackend(tiny_xml["fp32"]) as backend:
+        whole = backend.infer(full)
+        part = backend.infer(full[:3])
+        streamed = list(backend.infer_stream(iter([full, full[:1], full[:3]])))
+        assert [c["shape"][0] for c in backend.compiles] == [1, 4]  # the load's batch 1, then 4: no 3
+    assert part["probs"].shape[0] == 3 and part["mask"].shape[0] == 3
+    np.testing.assert_array_equal(part["probs"], whole["probs"][:3])
+    np.testing.assert_array_equal(streamed[1]["mask"], whole["mask"][:1])
+    np.testing.assert_array_equal(streamed[2]["probs"], whole["probs"][:3])
