@@ -155,7 +155,7 @@ def to_markdown(doc: dict) -> str:
              "`../shared/models` on the 24 real slices (a seeded half calibrates INT8, the other half judges "
              "quality and speed), `fcnx deploy` with its defaults (throughput; budget: 99 % mask agreement with "
              "Keras, 0.5 pt mIoU). Speeds are images/s through the Segmenter at the candidate's best batch; "
-             "Keras rows are baselines.", ""]  # fmt: skip
+             "Keras rows are baselines." + (f" {doc['note']}" if doc.get("note") else ""), ""]  # fmt: skip
     for r in doc["rows"]:
         lines += [f"**{r['arch']}**: winner **{r['winner']['candidate']}** "
                   f"({', '.join(f'{k} {v}' for k, v in r['winner']['settings'].items() if v is not None)}), "
