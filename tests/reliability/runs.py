@@ -37,9 +37,19 @@ def run(
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
+def _default_signals() -> None:
+    """In the child, before exec: SIGINT and SIGTERM at their defaults and unblocked. An ignored
+    or blocked signal is inherited across exec, and the libraries a long pytest process has
+    loaded may have left either; a run under test must get the signals a shell gives it."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def start(command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     full_env = {**os.environ, **(env or {})}
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env)
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env,
+                            preexec_fn=_default_signals)  # fmt: skip
 
 
 def kill_after(process: subprocess.Popen[str], seconds: float) -> bool:
