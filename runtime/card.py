@@ -20,8 +20,6 @@ import hashlib
 import json
 import math
 import platform
-import re
-import reprlib
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -29,6 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .card_json import (
+    CardError,
+    check_json_value,
+    is_int,
+    is_number,
+    json_object,
+    json_type,
+    one_line,
+    shown,
+)
 from .intensity import IntensityError, parse_intensity
 
 CARD_VERSION = 1
@@ -39,11 +47,6 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # ONNX fp32/fp16/int8, OpenVINO a
 MAX_CLASSES = 256  # masks are uint8 class ids
 MAX_INPUT_SIDE = 2**20  # a deployed input size in pixels; beyond it a card is lying
 MAX_INPUT_MULTIPLE = 1024  # an FCN's stride (fcnx's encoders: 32)
-MAX_DEPTH = 64  # JSON nesting levels of a whole card (exports write 5)
-
-
-class CardError(ValueError):
-    """A card that is missing, malformed or describes an impossible model."""
 
 
 @dataclass(frozen=True)
@@ -96,15 +99,15 @@ class ModelCard:
         except CardError as exc:
             raise CardError(f"{origin}: {exc}") from None
         except (TypeError, ValueError) as exc:  # a check missed something: still one line, never a traceback
-            raise CardError(f"{origin}: malformed card: {_one_line(exc)}") from None
+            raise CardError(f"{origin}: malformed card: {one_line(exc)}") from None
 
     @classmethod
     def _from_dict(cls, data: Any) -> ModelCard:
         if not isinstance(data, dict):
-            raise CardError(f"a card is a JSON object, got {_json_type(data)}")
+            raise CardError(f"a card is a JSON object, got {json_type(data)}")
         version = data.get("card_version", CARD_VERSION)
-        if not _is_int(version) or version < 1:
-            raise CardError(f"card field card_version must be an integer >= 1, got {_shown(version)}")
+        if not is_int(version) or version < 1:
+            raise CardError(f"card field card_version must be an integer >= 1, got {shown(version)}")
         if version > CARD_VERSION:
             raise CardError(
                 f"card version {version} is newer than this fcnx reads ({CARD_VERSION}); upgrade fcnx"
@@ -146,7 +149,7 @@ def check_fields(card: ModelCard) -> None:
     the file in front)."""
     values = {f.name: getattr(card, f.name) for f in dataclasses.fields(card)}
     for name, value in values.items():
-        _check_json_value(value, name)
+        check_json_value(value, name)
     hints = _field_hints(type(card))
     for name, value in values.items():
         if name in _RULES or name == "palette":
@@ -156,15 +159,15 @@ def check_fields(card: ModelCard) -> None:
         allowed = typing.get_args(hint) if union else (hint,)
         if not any(_is_a(value, kind) for kind in allowed):
             expected = " or ".join(_TYPE_NAMES.get(typing.get_origin(k) or k, str(k)) for k in allowed)
-            raise CardError(f"card field {name} must be {expected}, got {_shown(value)}")
+            raise CardError(f"card field {name} must be {expected}, got {shown(value)}")
         if typing.get_args(hint) == (str, str) and not all(isinstance(v, str) for v in value.values()):
-            raise CardError(f"card field {name} must be a JSON object of strings, got {_shown(value)}")
+            raise CardError(f"card field {name} must be a JSON object of strings, got {shown(value)}")
     for name, (expected, ok) in _RULES.items():
         if not ok(values[name]):
-            raise CardError(f"card field {name} must be {expected}, got {_shown(values[name])}")
+            raise CardError(f"card field {name} must be {expected}, got {shown(values[name])}")
     classes, palette = card.classes, card.palette
     if not isinstance(palette, tuple) or len(palette) != len(classes):
-        count = f"{len(palette)} colours" if isinstance(palette, tuple) else _shown(palette)
+        count = f"{len(palette)} colours" if isinstance(palette, tuple) else shown(palette)
         raise CardError(
             f"card field palette must be one [r, g, b] colour per class ({len(classes)}), got {count}"
         )
@@ -172,10 +175,10 @@ def check_fields(card: ModelCard) -> None:
         if not (
             isinstance(colour, tuple)
             and len(colour) == 3
-            and all(_is_int(v) and 0 <= v <= 255 for v in colour)
+            and all(is_int(v) and 0 <= v <= 255 for v in colour)
         ):
             raise CardError(
-                f"card field palette must hold [r, g, b] colours of 3 integers in 0..255, got {_shown(colour)}"
+                f"card field palette must hold [r, g, b] colours of 3 integers in 0..255, got {shown(colour)}"
             )
     if card.output_kind == "sigmoid" and len(classes) != 2:
         raise CardError(
@@ -183,11 +186,11 @@ def check_fields(card: ModelCard) -> None:
         )
     metrics = card.training.get("val_metrics", {})
     if not isinstance(metrics, dict):
-        raise CardError(f"card field training.val_metrics must be a JSON object, got {_shown(metrics)}")
+        raise CardError(f"card field training.val_metrics must be a JSON object, got {shown(metrics)}")
     for key in ("miou", "pixel_accuracy", "mean_dice"):  # printed as numbers by info and reports
-        if key in metrics and not _is_number(metrics[key]):
+        if key in metrics and not is_number(metrics[key]):
             raise CardError(
-                f"card field training.val_metrics.{key} must be a number, got {_shown(metrics[key])}"
+                f"card field training.val_metrics.{key} must be a number, got {shown(metrics[key])}"
             )
 
 
@@ -205,94 +208,15 @@ def input_contradictions(card: ModelCard, shape: Sequence[int | None]) -> list[s
     return problems
 
 
-def json_object(text: str, origin: str, what: str = "card") -> dict[str, Any]:
-    """``text`` parsed as one JSON object, or one CardError line starting with ``origin``.
-    Nesting deeper than MAX_DEPTH is refused before parsing: json.loads recurses once per
-    level, and a hostile file 50 000 levels deep would otherwise end in a RecursionError."""
-    if not isinstance(text, str):
-        raise CardError(f"{origin}: a {what} is JSON text, got {type(text).__name__}")
-    depth, member = json_depth(text)
-    if depth > MAX_DEPTH:
-        where = f"the {what}'s JSON" if member is None else f"{what} field {_name(member)}"
-        raise CardError(f"{origin}: {where} nests more than {MAX_DEPTH} levels deep")
-    try:
-        data = json.loads(text)
-    except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
-        raise CardError(f"{origin}: not valid JSON: {_one_line(exc)}") from None
-    if not isinstance(data, dict):
-        raise CardError(f"{origin}: a {what} is a JSON object, got {_json_type(data)}")
-    return data
-
-
-_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)  # a string or a bracket
-
-
-def json_depth(text: str, stop: int = MAX_DEPTH) -> tuple[int, str | None]:
-    """How deeply ``text`` nests JSON arrays and objects (brackets inside strings do not
-    count), and the member of the root object where it is deepest (None: not in one), found
-    without parsing and without recursion; counting stops once past ``stop``."""
-    depth = deepest = 0
-    last = member = deepest_member = None  # raw string tokens directly inside the root object
-    for match in _JSON_TOKEN.finditer(text):
-        token = match.group()
-        if token[0] == '"':
-            if depth == 1:
-                last = token
-        elif token in "[{":
-            if depth == 1:
-                member = last  # the key of a member is the root's last string before its value
-            depth += 1
-            if depth > deepest:
-                deepest, deepest_member = depth, member
-                if deepest > stop:
-                    break
-        else:
-            depth -= 1
-    if deepest_member is None or not text.lstrip().startswith("{"):
-        return deepest, None
-    try:
-        return deepest, str(json.loads(deepest_member))
-    except ValueError:
-        return deepest, None
-
-
-def _check_json_value(value: Any, name: str) -> None:
-    """``value`` is what JSON can hold (str keys; tuples count as arrays), nested so the card
-    stays within MAX_DEPTH (the card itself is level 1). Iterative: any depth, even a cycle,
-    is an error, never a RecursionError."""
-    stack: list[tuple[Any, int]] = [(value, 2)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, (dict, list, tuple)):
-            if depth > MAX_DEPTH:
-                raise CardError(f"card field {name} nests more than {MAX_DEPTH} levels deep")
-            if isinstance(item, dict):
-                if not all(isinstance(k, str) for k in item):
-                    raise CardError(f"card field {name} has an object key that is not a string")
-                stack.extend((v, depth + 1) for v in item.values())
-            else:
-                stack.extend((v, depth + 1) for v in item)
-        elif not isinstance(item, (str, int, float, type(None))):
-            raise CardError(f"card field {name} holds a {type(item).__name__}, which JSON cannot")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _is_finite(value: Any) -> bool:
     try:
-        return _is_number(value) and math.isfinite(value)
+        return is_number(value) and math.isfinite(value)
     except OverflowError:  # an integer too large for a float
         return False
 
 
 def _int_in(low: int, high: int) -> Callable[[Any], bool]:
-    return lambda v: _is_int(v) and low <= v <= high
+    return lambda v: is_int(v) and low <= v <= high
 
 
 def _class_names(value: Any) -> bool:
@@ -323,7 +247,7 @@ def _side(value: Any) -> bool:
 _RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "card_version": (f"an integer in 1..{CARD_VERSION}", _int_in(1, CARD_VERSION)),
     "classes": (f"a list of 2 to {MAX_CLASSES} distinct, non-empty, printable names", _class_names),
-    "input_channels": ("1 or 3", lambda v: _is_int(v) and v in INPUT_CHANNELS),
+    "input_channels": ("1 or 3", lambda v: is_int(v) and v in INPUT_CHANNELS),
     "input_height": (f"null (any) or an integer in 1..{MAX_INPUT_SIDE}", _side),
     "input_width": (f"null (any) or an integer in 1..{MAX_INPUT_SIDE}", _side),
     "input_multiple": (f"an integer in 1..{MAX_INPUT_MULTIPLE}", _int_in(1, MAX_INPUT_MULTIPLE)),
@@ -358,48 +282,15 @@ def _is_a(value: Any, kind: Any) -> bool:
         return value is None
     kind = typing.get_origin(kind) or kind
     if kind in (int, float):  # JSON has one number type; bools are not numbers here
-        return (_is_number if kind is float else _is_int)(value)
+        return (is_number if kind is float else is_int)(value)
     return isinstance(value, kind)
-
-
-class _ShortRepr(reprlib.Repr):
-    """Short reprs with tuples shown as the JSON arrays they were read from."""
-
-    def repr_tuple(self, x: tuple[Any, ...], level: int) -> str:
-        return self.repr_list(list(x), level)
-
-
-_SHORT = _ShortRepr()
-_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 3, 60, 60
-
-
-def _shown(value: Any) -> str:
-    """``value`` for a one-line message: repr'd (so no line breaks), cut short."""
-    try:
-        return _SHORT.repr(value)
-    except ValueError:  # an int too long to print
-        return f"a {type(value).__name__}"
-
-
-def _name(key: str) -> str:
-    """A key for a message: as is when it looks like a field name, else repr'd and cut short."""
-    return key if key.isidentifier() and len(key) <= 40 else _shown(key)
-
-
-def _json_type(value: Any) -> str:
-    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
-    return names.get(type(value), "number" if _is_number(value) else type(value).__name__)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
 
 
 def reject_unknown_keys(cls: Any, data: dict[str, Any], message: str) -> None:
     """Unknown keys are an error, never silently dropped (a typo or a newer writer)."""
     unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)}, key=str)
     if unknown:
-        raise CardError(f"{message} {_shown(unknown)}")
+        raise CardError(f"{message} {shown(unknown)}")
 
 
 def sha256_file(path: str | Path) -> str:

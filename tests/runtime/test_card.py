@@ -9,14 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fcnx.runtime.card import (
-    MAX_DEPTH,
-    CardError,
-    ModelCard,
-    default_palette,
-    input_contradictions,
-    json_depth,
-)
+from fcnx.runtime.card import CardError, ModelCard, default_palette, input_contradictions
+from fcnx.runtime.card_json import MAX_DEPTH, json_depth
 
 
 def _card(**changes: object) -> ModelCard:
