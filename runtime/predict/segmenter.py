@@ -45,9 +45,8 @@ from .tiling import (
     Blender,
     Rows,
     TileGrid,
-    default_overlap,
+    choose_tiling,
     flip,
-    parse_tile,
 )
 from .windows import plan_window, window_pieces
 
@@ -110,7 +109,10 @@ class Segmenter:
             )
         h, w = backend.input_hw
         self.input_hw: tuple[int, int] | None = (h, w) if h is not None and w is not None else None
-        self.tile, self.overlap = self._tiling(tile, fit, overlap)
+        native = native_size(backend, DYNAMIC_TILE)  # the tile "auto" means
+        self.tile, self.overlap = choose_tiling(
+            tile, fit, overlap, native, self.input_hw, self.card.input_multiple
+        )
         if fit == "resize" and self.input_hw is None:
             if not (self.card.input_height and self.card.input_width):
                 raise ValueError(
@@ -120,36 +122,6 @@ class Segmenter:
         if fit == "auto":
             fit = "tile" if self.tile else "resize" if self.input_hw is not None else "pad"
         self.fit = fit
-
-    def _tiling(
-        self, tile: str | tuple[int, int] | None, fit: str, overlap: int | None
-    ) -> tuple[tuple[int, int] | None, int]:
-        """The tile size (None: whole images) and overlap these arguments mean."""
-        choice = parse_tile(tile) if isinstance(tile, str) else tile or "off"
-        if fit != "auto":  # resize / pad fit whole images to the model
-            if choice not in ("auto", "off"):
-                raise ValueError(f"fit={fit!r} runs whole images; it cannot be combined with a tile size")
-            choice = "off"
-        if choice == "off":
-            if overlap:
-                raise ValueError("an overlap needs tiling (tile is off)")
-            return None, 0
-        multiple = self.card.input_multiple
-        size = native_size(self.backend, DYNAMIC_TILE) if choice == "auto" else choice
-        assert isinstance(size, tuple)
-        if self.input_hw is not None and size != self.input_hw:
-            raise ValueError(
-                f"this model takes {self.input_hw[0]}x{self.input_hw[1]} inputs; a {size[0]}x{size[1]} tile "
-                "cannot run on it (leave the tile size out, or export with --size dynamic)"
-            )
-        if size[0] % multiple or size[1] % multiple:
-            raise ValueError(
-                f"tile sides must be multiples of the model's stride {multiple}, got {size[0]}x{size[1]}"
-            )
-        overlap = default_overlap(size, multiple) if overlap is None else overlap
-        if overlap < 0 or overlap >= min(size):
-            raise ValueError(f"overlap must be at least 0 and under the tile side {min(size)}, got {overlap}")
-        return size, overlap
 
     def describe(self) -> str:
         """How images are fitted, in words for the summary and the output folder's manifest."""

@@ -74,6 +74,43 @@ def default_overlap(tile: tuple[int, int], multiple: int) -> int:
     return max(0, min(tile) * 3 // 16 // multiple * multiple)
 
 
+def choose_tiling(
+    tile: str | tuple[int, int] | None,
+    fit: str,
+    overlap: int | None,
+    native: tuple[int, int],
+    input_hw: tuple[int, int] | None,
+    multiple: int,
+) -> tuple[tuple[int, int] | None, int]:
+    """The tile size (None: whole images) and overlap a Segmenter's arguments mean, checked
+    against the model: ``native`` is the tile "auto" means, ``input_hw`` a fixed input size,
+    ``multiple`` the model's stride."""
+    choice = parse_tile(tile) if isinstance(tile, str) else tile or "off"
+    if fit != "auto":  # resize / pad fit whole images to the model
+        if choice not in ("auto", "off"):
+            raise ValueError(f"fit={fit!r} runs whole images; it cannot be combined with a tile size")
+        choice = "off"
+    if choice == "off":
+        if overlap:
+            raise ValueError("an overlap needs tiling (tile is off)")
+        return None, 0
+    size = native if choice == "auto" else choice
+    assert isinstance(size, tuple)
+    if input_hw is not None and size != input_hw:
+        raise ValueError(
+            f"this model takes {input_hw[0]}x{input_hw[1]} inputs; a {size[0]}x{size[1]} tile "
+            "cannot run on it (leave the tile size out, or export with --size dynamic)"
+        )
+    if size[0] % multiple or size[1] % multiple:
+        raise ValueError(
+            f"tile sides must be multiples of the model's stride {multiple}, got {size[0]}x{size[1]}"
+        )
+    overlap = default_overlap(size, multiple) if overlap is None else overlap
+    if overlap < 0 or overlap >= min(size):
+        raise ValueError(f"overlap must be at least 0 and under the tile side {min(size)}, got {overlap}")
+    return size, overlap
+
+
 def starts(length: int, tile: int, overlap: int, multiple: int) -> list[int]:
     """Tile origins along one axis of ``length`` pixels (padded to ``multiple`` first):
     steps of ``tile - overlap`` (down to the stride), the last tile flush with the end."""

@@ -17,7 +17,7 @@ A plane goes one of two ways:
   writes by columns (OME-Zarr) cuts a wider plane into column strips (``MaskWriter.strip``)
   segmented one after the other, so memory does not grow with the width either.
 
-Rows become whole bands of ``BAND_ROWS`` rows (``Bands``), written on one writer thread
+Rows become whole bands of ``BAND_ROWS`` rows (``Bands``, bands.py), written on one writer thread
 while the model runs (at most ``WRITES_IN_FLIGHT`` bands waiting). A plane that cannot be
 read or run fails alone: the other planes go on, their bands stay durable, and the input
 is reported failed naming the plane (a rerun computes only what is missing).
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from ..arrays.writers import OUTPUT_FORMATS, MaskWriter, mask_files, output_path
 from ..images import Header, to_uint8
 from ..intensity import Note
 from ..names import shown
+from .bands import WRITES_IN_FLIGHT, Bands, BandWrites
 from .config import PredictConfig
 from .inputs import InputFile
 from .memory import available_bytes, describe, image_bytes, window_bytes
@@ -48,7 +49,6 @@ from .segmenter import Segmenter
 
 WHOLE_PLANE_PIXELS = 4096 * 4096  # planes up to this are read whole (an image file's path)
 BAND_ROWS = 512  # rows per output band: the unit of writing, durability and resume
-WRITES_IN_FLIGHT = 2
 
 Report = Callable[[str, str, str], None]  # (input, stage, error or "")
 
@@ -81,96 +81,6 @@ class ArrayPlan:
     format: str  # the output format
     target: Path  # the writer's path: the output, or the base of a PNG sequence
     outputs: list[Path]  # every file or folder it writes (what --overwrite removes, resume checks)
-
-
-Write = Callable[[int, int, int, np.ndarray, np.ndarray | None], None]  # (plane, y0, x0, mask, probs)
-
-
-class Bands:
-    """One plane's finished rows in (any run of consecutive rows, top to bottom, of the
-    columns ``x0 .. x0 + width``), whole bands out to ``write(plane, y0, x0, mask, probs)``,
-    one per column strip of ``strip`` columns (the last band of a plane may be shorter).
-    Bands in ``done`` are not written again."""
-
-    def __init__(
-        self,
-        plane: int,
-        height: int,
-        band: int,
-        done: set[Band],
-        write: Write,
-        columns: tuple[int, int],
-        strip: int,
-    ) -> None:
-        self.plane, self.height, self.band = plane, height, band
-        self.done, self.write = done, write
-        self.columns, self.strip = columns, strip
-        self._start: int | None = None  # the row the buffered rows begin at
-        self._masks: list[np.ndarray] = []
-        self._probs: list[np.ndarray] = []
-        self._rows = 0
-
-    def rows(self, y0: int, mask: np.ndarray, probs: np.ndarray | None) -> None:
-        if self._start is None:
-            if y0 % self.band:
-                raise ValueError(f"plane {self.plane}: rows start at {y0}, not on a band border")
-            self._start = y0
-        elif y0 != self._start + self._rows:
-            raise ValueError(
-                f"plane {self.plane}: rows {y0}.. do not follow rows ..{self._start + self._rows}"
-            )
-        self._masks.append(mask)
-        if probs is not None:
-            self._probs.append(probs)
-        self._rows += len(mask)
-        while self._rows and (self._rows >= self.band or self._start + self._rows >= self.height):
-            self._flush(min(self.band, self._rows))
-
-    def _flush(self, n: int) -> None:
-        assert self._start is not None
-        mask = np.concatenate(self._masks) if len(self._masks) > 1 else self._masks[0]
-        probs = (
-            (np.concatenate(self._probs) if len(self._probs) > 1 else self._probs[0]) if self._probs else None
-        )
-        x0, x1 = self.columns
-        for x in range(x0, x1, self.strip):
-            if (self.plane, self._start, x) not in self.done:
-                cut = slice(x - x0, min(x1, x + self.strip) - x0)
-                self.write(
-                    self.plane, self._start, x, mask[:n, cut], None if probs is None else probs[:n, cut]
-                )
-        self._masks = [mask[n:]] if n < len(mask) else []
-        self._probs = [probs[n:]] if probs is not None and n < len(probs) else []
-        self._start += n
-        self._rows -= n
-
-    @property
-    def complete(self) -> bool:
-        return self._start is not None and self._start >= self.height and not self._rows
-
-
-class BandWrites:
-    """A writer's ``write_band`` on one thread, at most ``WRITES_IN_FLIGHT`` bands waiting:
-    the model does not wait for compression and fsyncs, and memory stays bounded."""
-
-    def __init__(self, writer: MaskWriter) -> None:
-        self.writer = writer
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="fcnx-band")
-        self._waiting: deque[Future[None]] = deque()
-
-    def __call__(self, plane: int, y0: int, x0: int, mask: np.ndarray, probs: np.ndarray | None) -> None:
-        while len(self._waiting) >= WRITES_IN_FLIGHT:
-            self._waiting.popleft().result()
-        mask = np.ascontiguousarray(mask)  # a strip of whole-plane rows: its own copy, not a view
-        probs = None if probs is None else np.ascontiguousarray(probs)
-        self._waiting.append(self._pool.submit(self.writer.write_band, plane, y0, mask, probs, x0))
-
-    def drain(self) -> None:
-        while self._waiting:
-            self._waiting.popleft().result()
-
-    def close(self, wait: bool) -> None:
-        self._pool.shutdown(wait=wait, cancel_futures=not wait)
 
 
 def _describe(exc: BaseException) -> str:
