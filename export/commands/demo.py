@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from fcnx.export.deploy.run import DeployConfig, NothingWithinBudget, deploy
+    from fcnx.export.deploy.split import split_images
     from fcnx.export.parity_check import check_against_keras
     from fcnx.runtime.atomic import atomic_write_text
     from fcnx.runtime.html_report import build_report
@@ -87,10 +88,11 @@ def run(args: argparse.Namespace) -> int:
     )
 
     _step(3, f"fcnx deploy: every engine this machine runs, parity-gated, timed beside Keras -> {deployed}")
+    deploying = DeployConfig(model=str(run_dir), out=str(deployed), data=str(data),
+                             time_budget=args.deploy_seconds, cache=str(root / ".deploy-cache"))  # fmt: skip
     try:
         record = deploy(
-            DeployConfig(model=str(run_dir), out=str(deployed), data=str(data), time_budget=args.deploy_seconds,
-                         cache=str(root / ".deploy-cache")),
+            deploying,
             log=lambda line: print("      " + line.replace("\n", "\n      "), flush=True),
         )  # fmt: skip
     except NothingWithinBudget as exc:
@@ -101,14 +103,10 @@ def run(args: argparse.Namespace) -> int:
     _step(4, f"parity of the winner on the {len(record['data']['judging'])} judging images, pictures -> "
              f"{root / 'parity-maps'}")  # fmt: skip
     model = load_keras_model(run_dir)
-    judge = root / "judging"
-    (judge / "image").mkdir(parents=True)
-    (judge / "label").mkdir()
-    labels = {p.stem: p for p in list_images(data / "label")}
-    for name in record["data"]["judging"]:
-        path = Path(name)
-        (judge / "image" / path.name).symlink_to(path.resolve())
-        (judge / "label" / labels[path.stem].name).symlink_to(labels[path.stem].resolve())
+    # the deploy's own split again (seeded): its judging images and labels, as links
+    _, judge = split_images(data, deploying.calib, deploying.calib_count, deploying.seed).write(
+        root / "split"
+    )
     rows = check_against_keras(
         model, [deployed / winner["artifact"]], card_for(model, find_card(run_dir)), data=judge, random_images=0,
         maps=root / "parity-maps", display_names=[f"{winner['candidate']} ({winner['artifact']})"],

@@ -36,6 +36,14 @@ def machine_key(machine: dict[str, Any]) -> dict[str, Any]:
     return {k: machine.get(k) for k in ("cpu", "cores", "cpu_flags", "gpus", "versions")}
 
 
+def _read_json(path: Path) -> Any:
+    """What ``path`` holds as JSON, or None when it is missing or unreadable (made again)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 class DeployCache:
     def __init__(self, root: Path, keras_sha256: str, split_digest: str) -> None:
         self.base = Path(root) / keras_sha256[:24] / split_digest[:24]
@@ -46,10 +54,7 @@ class DeployCache:
     @staticmethod
     def export_result(folder: Path) -> dict[str, Any] | None:
         """The recorded result of a finished export in ``folder``, or None."""
-        try:
-            result = json.loads((folder / "result.json").read_text())
-        except (OSError, ValueError):
-            return None
+        result = _read_json(folder / "result.json")
         return result if isinstance(result, dict) else None
 
     @staticmethod
@@ -60,10 +65,7 @@ class DeployCache:
         return self.base / "measure" / f"{digest(machine_key(machine))[:12]}-{digest(rows)[:12]}.json"
 
     def measurement(self, machine: dict[str, Any], rows: Any) -> list[dict[str, Any]] | None:
-        try:
-            found = json.loads(self.measurement_path(machine, rows).read_text())
-        except (OSError, ValueError):
-            return None
+        found = _read_json(self.measurement_path(machine, rows))
         return found if isinstance(found, list) else None
 
     def keep_measurement(self, machine: dict[str, Any], rows: Any, measured: list[dict[str, Any]]) -> None:

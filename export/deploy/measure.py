@@ -14,6 +14,7 @@ rule compares; Keras never chosen). The time budget is shared out between the ro
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -93,7 +94,7 @@ def calls_for(
 
     segmenter = Segmenter(backend, row.setting.batch)
     if objective == "latency":
-        turn = iter(range(10**9))
+        turn = itertools.count()
         return (lambda: segmenter.predict([images[next(turn) % len(images)]])), 1
     count = max(SPEED_IMAGES, row.setting.batch)
     chosen = (images * count)[:count]

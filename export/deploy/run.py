@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
+import json
 import shlex
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -286,8 +288,6 @@ def _reporter(
     parity row, and the winner's disagreement pictures on the first judging images."""
 
     def write(staging: Path) -> None:
-        import json
-
         from fcnx.export.parity_check import check_against_keras
         from fcnx.runtime.card import ModelCard
         from fcnx.runtime.html_report import build_report
@@ -310,8 +310,6 @@ def _reporter(
                 [report_dir], staging / "report.html", title=f"fcnx deploy: {winner['candidate']} won"
             )
         finally:
-            import shutil
-
             shutil.rmtree(report_dir, ignore_errors=True)
 
     return write

@@ -16,6 +16,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from fcnx.runtime.card import sha256_file
 from fcnx.runtime.images import dataset_images, list_images
 
 MIN_JUDGE = 2  # images, at least, to judge on
@@ -33,9 +34,9 @@ class Split:
         sha = hashlib.sha256(f"seed {self.seed}\n".encode())
         for role, files in (("calib", self.calib), ("judge", self.judge)):
             for path in files:
-                sha.update(f"{role} {path.name} {file_digest(path)}\n".encode())
+                sha.update(f"{role} {path.name} {sha256_file(path)}\n".encode())
         for name in sorted(self.labels):
-            sha.update(f"label {name} {file_digest(self.labels[name])}\n".encode())
+            sha.update(f"label {name} {sha256_file(self.labels[name])}\n".encode())
         return sha.hexdigest()
 
     def record(self) -> dict[str, object]:
@@ -55,14 +56,6 @@ class Split:
         if self.labels:
             _links(judge / "label", [self.labels[p.name] for p in self.judge if p.name in self.labels])
         return calib, judge
-
-
-def file_digest(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
 
 
 def _links(folder: Path, files: list[Path]) -> None:

@@ -213,12 +213,7 @@ def _deploy_info(path: Path) -> dict[str, Any]:
     record = read_deploy(path)
     winner = record["winner"]
     artifact = path / winner["artifact"]
-    info = describe_model(artifact)
-    info.pop("model", None)
-    info["card"] = info.pop("card_full")
-    from fcnx.runtime.card import ModelCard
-
-    info["card"] = ModelCard.from_dict(info["card"])
+    info = _READERS[model_kind(artifact)](artifact)
     settings = ", ".join(f"{k} {v}" for k, v in (winner.get("settings") or {}).items() if v is not None)
     machine = record.get("machine") or {}
     problems = machine_mismatches(record, cpu_flags(), gpu_names())
@@ -245,16 +240,17 @@ def _deploy_info(path: Path) -> dict[str, Any]:
     return info
 
 
+_READERS = {"onnx": _onnx_info, "openvino": _openvino_info, "engine": _engine_info, "keras": _keras_info,
+            "deploy": _deploy_info}  # fmt: skip
+
+
 def describe_model(model: str | Path) -> dict[str, Any]:
     from fcnx.runtime.backends.registry import model_kind
 
     path = Path(model)
     if not path.exists():
         raise ValueError(f"{path}: no such model file or folder")
-    kind = model_kind(path)
-    readers = {"onnx": _onnx_info, "openvino": _openvino_info, "engine": _engine_info, "keras": _keras_info,
-               "deploy": _deploy_info}  # fmt: skip
-    info = readers[kind](path)
+    info = _READERS[model_kind(path)](path)
     card = info.pop("card")
     if path.is_file():
         info["file"] = {"path": str(path), "mib": round(path.stat().st_size / 2**20, 2)}
