@@ -57,6 +57,11 @@ COMMANDS: dict[str, tuple[str, str | None, str]] = {
         None,
         "latency/throughput of models x backends x batches, side by side",
     ),
+    "serve": (
+        "fcnx.runtime.commands.serve",
+        "serve",
+        "the model on the Open Inference Protocol (REST + gRPC, what Triton speaks), batched",
+    ),
     "report": ("fcnx.runtime.commands.report", "report", "one self-contained HTML page from what fcnx wrote"),
 }
 
@@ -70,6 +75,10 @@ OPTIONAL_LIBRARIES = {
     "jinja2",
     "matplotlib",
     "onnxruntime",
+    "kserve",
+    "tritonclient",
+    "mlperf_loadgen",
+    "prometheus_client",
 }
 
 
