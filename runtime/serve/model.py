@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,10 @@ from ..predict.segmenter import DYNAMIC_TILE, Segmenter
 from . import metrics
 from .batcher import Batcher
 from .tensors import MASK, OUTPUT_TYPES, PROBS, BadRequest, Signature
+
+# Fault injection for the tests, like FCNX_KILL_AT: seconds the load waits first, so a test can
+# see the server listening and not ready
+LOAD_DELAY = "FCNX_SERVE_LOAD_DELAY"
 
 
 class SegmentationModel(Model):
@@ -55,6 +60,7 @@ class SegmentationModel(Model):
     def load_and_warm(self) -> None:
         """Load the backend, build the Segmenter and run each batch size the server will use
         once (engines compile and allocate on first use), then report ready."""
+        time.sleep(float(os.environ.get(LOAD_DELAY, "0") or 0))
         backend = load(self.path, self.backend_name)
         segmenter = Segmenter(backend, batch_size=self.max_batch, tile=self.tile)
         self.signature = Signature.of(backend.card, backend.output_names, self.max_pixels)
