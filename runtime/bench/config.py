@@ -31,6 +31,16 @@ class BenchConfig:
     ceiling: bool = opt(True, "measure this machine's matmul peak in the same run")
     plots: bool = opt(True, "write throughput.png and latency.png (needs matplotlib)")
     seed: int = opt(0, "seed for the random images")
+    url: str | None = opt(None, "bench a server instead: http://HOST:PORT or grpc://HOST:PORT (Open Inference "
+                          "Protocol: fcnx serve, Triton)", metavar="URL")  # fmt: skip
+    model: str = opt("", "with --url: the model's name on the server", metavar="NAME")
+    scenarios: str = opt("single-stream,server,offline,concurrency",
+                         "with --url: MLPerf LoadGen scenarios and/or the concurrency sweep")  # fmt: skip
+    concurrency: str = opt("1,2,4,8,16", "with --url: clients of the concurrency sweep")
+    p99_ms: float | None = opt(None, "with --url: the Server scenario's p99 bound (default: 2x SingleStream p90)")
+    size: str = opt("512x512", "with --url and no --data: random images of this HxW")
+    metrics_url: str | None = opt(None, "with --url: the server's Prometheus page (default: /metrics on an http "
+                                  "--url; Triton's :8002 beside :8000)", metavar="URL")  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.min_seconds < 0 or self.max_seconds <= 0 or self.min_seconds > self.max_seconds:
@@ -89,6 +99,10 @@ class BenchRow:
     vs_keras: float | None = None  # images/s over the faster same-arch keras / keras-bf16 row at this batch
     vs_raw: float | None = None  # pipeline rows: images/s over the raw row
     in_flight: int = 1  # batches in flight while images/s was timed (infer_stream); latencies: one at a time
+    concurrency: int | None = None  # served rows: clients sending back to back
+    queue_ms: float | None = None  # served rows, from the server's /metrics: mean queue wait per image
+    compute_ms: float | None = None  # ... mean compute time per batch
+    server_batch: float | None = None  # ... mean images per batch the server ran
     notes: list[str] = field(default_factory=list)  # the backend's own: compiles and model cache
     latencies_ms: list[float] = field(default_factory=list)
 

@@ -20,6 +20,14 @@ COLUMNS = [
     ("vs_raw", "x raw"), ("stable", "stable"), ("status", "status"),
 ]  # fmt: skip
 
+# fcnx bench --url: a server under load (runtime/bench/served.py); "valid" is LoadGen's verdict
+SERVED_COLUMNS = [
+    ("model", "model"), ("backend", "client"), ("mode", "scenario"), ("concurrency", "clients"),
+    ("images_per_second", "img/s"), ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"), ("p99_ms", "p99 ms"),
+    ("queue_ms", "queue ms"), ("compute_ms", "compute ms/batch"), ("server_batch", "server batch"),
+    ("stable", "valid"), ("status", "status"),
+]  # fmt: skip
+
 
 Columns = list[tuple[str, str]]  # (BenchRow field, or "file" for the model's file name; title)
 
@@ -117,7 +125,7 @@ def to_csv(report: dict[str, Any]) -> str:
 
 
 def plot(report: dict[str, Any], out: Path, prefix: str = "") -> list[Path]:
-    """PREFIXthroughput.png (images/s vs batch, a line per model x backend) and
+    """PREFIXthroughput.png (images/s vs batch, or vs clients for a server, a line per model x backend) and
     PREFIXlatency.png (the per-call latency distribution of every timed row); needs matplotlib."""
     import matplotlib
 
@@ -125,8 +133,13 @@ def plot(report: dict[str, Any], out: Path, prefix: str = "") -> list[Path]:
     import matplotlib.pyplot as plt
 
     rows = [r for r in rows_of(report) if r.status == "ok" and r.images_per_second]
+    served = any(r.concurrency for r in rows)  # fcnx bench --url: throughput over clients, not batch
     lines: dict[str, list[tuple[int, float]]] = {}
     for r in rows:
+        if served:
+            if r.concurrency:
+                lines.setdefault(f"{_model_label(r)} {r.backend}", []).append((r.concurrency, r.images_per_second or 0))
+            continue
         label = f"{_model_label(r)} {r.backend}" + ("" if r.mode == "infer" else f" ({r.mode})")
         lines.setdefault(label, []).append((r.batch, float(r.images_per_second or 0)))
     written = []
@@ -135,7 +148,7 @@ def plot(report: dict[str, Any], out: Path, prefix: str = "") -> list[Path]:
         points.sort()
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("batch size")
+    ax.set_xlabel("concurrent clients" if served else "batch size")
     ax.set_ylabel("images / s")
     ax.set_title("Throughput")
     ax.grid(True, alpha=0.3)

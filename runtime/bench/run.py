@@ -55,7 +55,7 @@ def _gflops(card: ModelCard) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def _source_images(config: BenchConfig, channels: int, size: tuple[int, int], count: int) -> list[np.ndarray]:
+def source_images(config: BenchConfig, channels: int, size: tuple[int, int], count: int) -> list[np.ndarray]:
     """``count`` uint8 (H, W, C) images at the model's size: real ones (cycled) or seeded random."""
     if config.data:
         files = dataset_images(config.data, "images to benchmark with")
@@ -123,7 +123,7 @@ def _load_contenders(config: BenchConfig, rows: list[BenchRow]) -> list[Contende
                 continue
             card = backend.card
             size = native_size(backend, (512, 512))
-            images = _source_images(config, card.input_channels, size, max(batches))
+            images = source_images(config, card.input_channels, size, max(batches))
             runnable = {}
             for b in batches:
                 skip = ""
@@ -225,7 +225,7 @@ def _pipeline_folder(
     if config.data:
         return dataset_images(config.data, "images to benchmark with")[0].parent
     folder.mkdir()
-    for i, image in enumerate(_source_images(config, channels, size, count)):
+    for i, image in enumerate(source_images(config, channels, size, count)):
         cv2.imwrite(str(folder / f"{i:04d}.png"), image)
     return folder
 
