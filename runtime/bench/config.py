@@ -37,7 +37,9 @@ class BenchConfig:
     scenarios: str = opt("single-stream,server,offline,concurrency",
                          "with --url: MLPerf LoadGen scenarios and/or the concurrency sweep")  # fmt: skip
     concurrency: str = opt("1,2,4,8,16", "with --url: clients of the concurrency sweep")
-    p99_ms: float | None = opt(None, "with --url: the Server scenario's p99 bound (default: 2x SingleStream p90)")
+    p99_ms: float | None = opt(
+        None, "with --url: the Server scenario's p99 bound (default: 2x SingleStream p90)"
+    )
     size: str = opt("512x512", "with --url and no --data: random images of this HxW")
     metrics_url: str | None = opt(None, "with --url: the server's Prometheus page (default: /metrics on an http "
                                   "--url; Triton's :8002 beside :8000)", metavar="URL")  # fmt: skip

@@ -138,7 +138,9 @@ def plot(report: dict[str, Any], out: Path, prefix: str = "") -> list[Path]:
     for r in rows:
         if served:
             if r.concurrency:
-                lines.setdefault(f"{_model_label(r)} {r.backend}", []).append((r.concurrency, r.images_per_second or 0))
+                lines.setdefault(f"{_model_label(r)} {r.backend}", []).append(
+                    (r.concurrency, r.images_per_second or 0)
+                )
             continue
         label = f"{_model_label(r)} {r.backend}" + ("" if r.mode == "infer" else f" ({r.mode})")
         lines.setdefault(label, []).append((r.batch, float(r.images_per_second or 0)))

@@ -95,11 +95,15 @@ class Clients:
         tensor = self.module.InferInput("image", list(images.shape), "UINT8")
         tensor.set_data_from_numpy(images)
         started = time.perf_counter()
-        result = self.client().infer(self.target.model, [tensor], outputs=[self.module.InferRequestedOutput("mask")])
+        result = self.client().infer(
+            self.target.model, [tensor], outputs=[self.module.InferRequestedOutput("mask")]
+        )
         mask = result.as_numpy("mask")
         seconds = time.perf_counter() - started
         if mask is None or mask.shape != images.shape[:3]:
-            raise RuntimeError(f"{self.target.url}: the mask came back as {None if mask is None else mask.shape}")
+            raise RuntimeError(
+                f"{self.target.url}: the mask came back as {None if mask is None else mask.shape}"
+            )
         return seconds
 
 
@@ -119,7 +123,7 @@ def describe_server(target: Target) -> dict[str, Any]:
 
 # Prometheus series per server: (sum, count, scale to ms) for queue time per image and
 # compute time per batch; (images, batches) for the mean batch size
-SERIES = {
+SERIES: dict[str, dict[str, Any]] = {
     "fcnx": {"queue": ("fcnx_queue_seconds_sum", "fcnx_queue_seconds_count", 1e3),
              "compute": ("fcnx_compute_seconds_sum", "fcnx_compute_seconds_count", 1e3),
              "batch": ("fcnx_batch_size_sum", "fcnx_batch_size_count")},
@@ -166,7 +170,9 @@ def server_split(before: dict[str, float], after: dict[str, float]) -> dict[str,
     return {}
 
 
-def _row(target: Target, info: dict[str, Any], images: list[np.ndarray], mode: str, **values: Any) -> BenchRow:
+def _row(
+    target: Target, info: dict[str, Any], images: list[np.ndarray], mode: str, **values: Any
+) -> BenchRow:
     h, w, c = images[0].shape
     return BenchRow(model=f"{target.url}/{target.model}", backend=f"served-{target.protocol}", batch=1, mode=mode,
                     provider=f"{info['server']} ({info['platform'] or 'platform not given'})", input=f"{h}x{w}x{c}",
@@ -230,6 +236,7 @@ class LoadGenSettings:
 # The fewest queries for LoadGen's early-stopping p99 estimate (it asks for 662 when every
 # query is under the bound); fewer and a Server run is INVALID whatever its latencies
 SERVER_MIN_QUERIES = 700
+SINGLE_STREAM_MIN_QUERIES = 100  # its p90 estimate needs 64
 SERVER_ATTEMPTS = 3  # a start QPS that misses the bound: LoadGen's search fails; start lower
 THROUGHPUT_LINE = {"single-stream": "QPS w/o loadgen overhead", "offline": "Samples per second",
                    "server": "Completed samples per second"}  # fmt: skip
@@ -269,6 +276,7 @@ def loadgen_row(target: Target, info: dict[str, Any], images: list[np.ndarray], 
     # finish before min_duration: expect twice the measured rate, max_duration ends it
     if scenario == "single-stream":
         test.single_stream_expected_latency_ns = int(settings.latency_ms / 2 * 1e6)
+        test.min_query_count = SINGLE_STREAM_MIN_QUERIES
     elif scenario == "offline":
         test.offline_expected_qps = 2 * settings.qps
     else:  # the peak search: from a QPS that meets the bound, doubling, then bisecting
@@ -347,7 +355,9 @@ def run_served(
     halved, where the Server peak search starts."""
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown or not scenarios:
-        raise ValueError(f"--scenarios: unknown {', '.join(unknown) or '(none)'}; from {', '.join(SCENARIOS)}")
+        raise ValueError(
+            f"--scenarios: unknown {', '.join(unknown) or '(none)'}; from {', '.join(SCENARIOS)}"
+        )
     info = describe_server(target)
     pool = Clients(target)
     warm = [pool.infer(images[i % len(images)][None]) for i in range(max(warmup, 3))]
@@ -357,7 +367,9 @@ def run_served(
     single: BenchRow | None = None
     if "single-stream" in scenarios or ("server" in scenarios and p99_ms is None):
         progress("LoadGen SingleStream")
-        single = loadgen_row(target, info, images, "single-stream", LoadGenSettings(min_seconds, max_seconds, latency))
+        single = loadgen_row(
+            target, info, images, "single-stream", LoadGenSettings(min_seconds, max_seconds, latency)
+        )
         rows.append(single)
         latency = single.p90_ms or latency
     best = 0.0

@@ -35,7 +35,9 @@ class _Job:
 
 
 class Batcher:
-    def __init__(self, run: RunBatch, max_batch: int, max_delay: float, observe: Observe | None = None) -> None:
+    def __init__(
+        self, run: RunBatch, max_batch: int, max_delay: float, observe: Observe | None = None
+    ) -> None:
         if max_batch < 1 or max_delay < 0:
             raise ValueError(f"max_batch must be >= 1 and max_delay >= 0, got {max_batch} and {max_delay}")
         self.run = run
@@ -112,7 +114,9 @@ class Batcher:
                     results.append(self.run([job.image], job.probs)[0])
                 except Exception as exc:  # this image's own failure
                     results.append(exc)
-        return [r if isinstance(r, Exception) or j.probs else Output(r.mask, None) for j, r in zip(jobs, results)]
+        return [
+            r if isinstance(r, Exception) or j.probs else Output(r.mask, None) for j, r in zip(jobs, results)
+        ]
 
     async def drain(self, timeout: float) -> bool:
         """Wait until every queued image is answered (graceful shutdown); False on timeout."""

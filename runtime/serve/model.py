@@ -150,7 +150,7 @@ class SegmentationModel(Model):
             metrics.REQUESTS.labels(self.name, "error").inc()
             raise InferenceError(f"{type(exc).__name__}: {exc}") from None
         arrays = {MASK: lambda: np.stack([r.mask for r in results]),
-                  PROBS: lambda: np.stack([r.probs for r in results]).astype(np.float32, copy=False)}  # fmt: skip
+                  PROBS: lambda: np.stack([_probs(r) for r in results]).astype(np.float32, copy=False)}  # fmt: skip
         infer_outputs = []
         for name in outputs:
             array = arrays[name]()
@@ -167,3 +167,8 @@ class SegmentationModel(Model):
             use_binary_outputs=payload.use_binary_outputs,
             requested_outputs=payload.request_outputs,
         )
+
+
+def _probs(output: Output) -> np.ndarray:
+    assert output.probs is not None  # asked for, so computed
+    return output.probs

@@ -17,9 +17,10 @@ import asyncio
 import logging
 import sys
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import orjson
 from fastapi import Request, Response
@@ -71,7 +72,9 @@ def serve(config: ServeConfig) -> int:
                 return
             stopping.set()
             model.ready = False  # readiness false; new infer requests: 503
-            logger.info("fcnx serve: stopping, %d image(s) in flight", model.batcher.pending if model.batcher else 0)
+            logger.info(
+                "fcnx serve: stopping, %d image(s) in flight", model.batcher.pending if model.batcher else 0
+            )
 
             async def finish() -> None:
                 if model.batcher is not None:
@@ -128,7 +131,11 @@ def serve(config: ServeConfig) -> int:
     def load() -> None:
         try:
             model.load_and_warm()
-            logger.info("fcnx serve: %s ready (%s)", model.name, model.segmenter.backend.provider if model.segmenter else "")
+            logger.info(
+                "fcnx serve: %s ready (%s)",
+                model.name,
+                model.segmenter.backend.provider if model.segmenter else "",
+            )
             print(f"fcnx serve: {model.name} ready: {_urls(config)}", file=sys.stderr, flush=True)
         except Exception as exc:
             print(f"error: {config.model}: {one_line(exc)}", file=sys.stderr, flush=True)
@@ -164,7 +171,8 @@ def _decode(body: bytes, json_length: str | None, model_name: str, InferInput: A
         request = orjson.loads(body[:size])
         if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
             raise ValueError("the JSON has no 'inputs' list")
-        inputs, raws = [], []
+        inputs: list[Any] = []
+        raws: list[bytes | None] = []  # each input's binary bytes, or None for JSON data
         offset = size
         for spec in request["inputs"]:
             params = spec.get("parameters") or {}

@@ -48,11 +48,15 @@ class Signature:
     def check_input(self, names: list[str], datatype: str, shape: list[int]) -> None:
         """Names, type and shape of the request's inputs, before its data is read."""
         if names != [INPUT]:
-            raise BadRequest(f"expected one input named {INPUT!r}, got {', '.join(map(repr, names)) or 'none'}")
+            raise BadRequest(
+                f"expected one input named {INPUT!r}, got {', '.join(map(repr, names)) or 'none'}"
+            )
         if datatype != "UINT8":
             raise BadRequest(f"input {INPUT!r} must be UINT8, got {datatype}")
         if len(shape) != 4 or any(not isinstance(d, int) or d < 1 for d in shape):
-            raise BadRequest(f"input {INPUT!r} must have shape [N, H, W, C] of positive sizes, got {list(shape)}")
+            raise BadRequest(
+                f"input {INPUT!r} must have shape [N, H, W, C] of positive sizes, got {list(shape)}"
+            )
         n, h, w, c = shape
         if c != self.channels:
             raise BadRequest(
@@ -61,7 +65,9 @@ class Signature:
         if h * w > self.max_pixels:
             raise BadRequest(f"image of {w}x{h} pixels is over the limit of {self.max_pixels} (--max-pixels)")
         if n * h * w > 4 * self.max_pixels:
-            raise BadRequest(f"{n} images of {w}x{h} in one request: split it (limit 4 x --max-pixels pixels)")
+            raise BadRequest(
+                f"{n} images of {w}x{h} in one request: split it (limit 4 x --max-pixels pixels)"
+            )
 
     def decode(self, shape: list[int], read: Callable[[], np.ndarray]) -> np.ndarray:
         """The [N, H, W, C] uint8 array, read by ``read`` (the protocol library's decoder of the

@@ -47,3 +47,25 @@ print("LOADED:", loaded)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "LOADED: []" in out.stdout, out.stdout
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["0.png", "1.png", "2.png"]
+
+
+SERVING = ("kserve", "tritonclient", "mlperf_loadgen", "fastapi", "uvicorn", "prometheus_client")
+
+
+def test_predict_and_bench_load_no_serving_library(threshold_onnx: Path, tmp_path: Path) -> None:
+    """The lean [cpu] runtime: fcnx predict and an in-process fcnx bench import none of the
+    serve extra (KServe, its web stack, tritonclient, LoadGen)."""
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "a.png"), np.full((64, 80), 90, np.uint8))
+    code = f"""
+import sys
+from fcnx.runtime.cli import main
+model = {str(threshold_onnx)!r}
+assert main(["predict", model, {str(tmp_path / "in")!r}, "-o", {str(tmp_path / "out")!r}, "--no-progress"]) == 0
+assert main(["bench", model, "--backends", "ort-cpu", "--batch", "1", "--min-seconds", "0", "--warmup", "0",
+             "--no-ceiling", "--no-plots", "--out", {str(tmp_path / "bench")!r}]) == 0
+print("LOADED:", sorted(m for m in sys.modules if m.split(".")[0] in {SERVING!r}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "LOADED: []" in out.stdout, out.stdout

@@ -13,7 +13,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from ..reliability.runs import _default_signals
@@ -46,7 +48,9 @@ class Server:
         try:
             with urllib.request.urlopen(request, timeout=30) as r:
                 data = r.read()
-                return r.status, json.loads(data) if r.headers.get("content-type") == "application/json" else data
+                return r.status, json.loads(data) if r.headers.get(
+                    "content-type"
+                ) == "application/json" else data
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read() or b"{}")
 
@@ -54,7 +58,9 @@ class Server:
         """The sum of a Prometheus series' samples (all labels)."""
         with urllib.request.urlopen(f"http://{self.http}/metrics", timeout=10) as r:
             lines = r.read().decode().splitlines()
-        return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.split("{")[0].split(" ")[0] == name)
+        return sum(
+            float(line.rsplit(" ", 1)[1]) for line in lines if line.split("{")[0].split(" ")[0] == name
+        )
 
     def ready(self) -> bool:
         try:
@@ -99,3 +105,15 @@ def running(model: Path, *extra: str, env: dict[str, str] | None = None) -> Iter
             except subprocess.TimeoutExpired:
                 server.process.kill()
                 server.process.wait()
+
+
+def infer(
+    client_module: Any, url: str, model: str, images: np.ndarray, outputs: tuple[str, ...] = ("mask",)
+) -> dict[str, np.ndarray]:
+    """One tritonclient request (HTTP or gRPC module): the outputs asked for, as arrays."""
+    client = client_module.InferenceServerClient(url)
+    tensor = client_module.InferInput("image", list(images.shape), "UINT8")
+    tensor.set_data_from_numpy(images)
+    wanted = [client_module.InferRequestedOutput(name) for name in outputs]
+    result = client.infer(model, [tensor], outputs=wanted)
+    return {name: result.as_numpy(name) for name in outputs}

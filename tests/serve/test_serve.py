@@ -18,22 +18,14 @@ import numpy as np
 import pytest
 
 from ..fakes import THRESHOLD_ONNX
-from ..reliability.runs import predict_command, run
-from .servers import Server, running, start_server, wait_ready
+from ..reliability.runs import CLI, predict_command, run
+from .servers import Server, infer, running, start_server, wait_ready
 
 if importlib.util.find_spec("kserve") is None:  # found, not imported: its protos clash with tritonclient's
     pytest.skip('fcnx serve needs the serve extra: pip install "fcnx[serve]"', allow_module_level=True)
 http = pytest.importorskip("tritonclient.http")
 grpc = pytest.importorskip("tritonclient.grpc")
-
-
-def infer(client_module, url: str, model: str, images: np.ndarray, outputs=("mask",)) -> dict[str, np.ndarray]:
-    client = client_module.InferenceServerClient(url)
-    tensor = client_module.InferInput("image", list(images.shape), "UINT8")
-    tensor.set_data_from_numpy(images)
-    wanted = [client_module.InferRequestedOutput(name) for name in outputs]
-    result = client.infer(model, [tensor], outputs=wanted)
-    return {name: result.as_numpy(name) for name in outputs}
+from tritonclient.utils import InferenceServerException  # noqa: E402
 
 
 def threshold(images: np.ndarray) -> np.ndarray:
@@ -43,7 +35,9 @@ def threshold(images: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
     """The threshold model (mask = pixel > 127), batches of up to 8 gathered for 30 ms."""
-    with running(THRESHOLD_ONNX, "--max-batch", "8", "--max-queue-delay-ms", "30", "--max-pixels", "4000000") as s:
+    with running(
+        THRESHOLD_ONNX, "--max-batch", "8", "--max-queue-delay-ms", "30", "--max-pixels", "4000000"
+    ) as s:
         yield s
 
 
@@ -70,7 +64,9 @@ def test_round_trips_match_fcnx_predict(tiny_onnx: Path, tmp_path: Path) -> None
             for module, url in ((http, s.http), (grpc, s.grpc)):
                 got = infer(module, url, "tiny", batch, outputs=("mask", "probs"))
                 assert got["mask"].dtype == np.uint8 and got["mask"].shape == (1, *image.shape)
-                np.testing.assert_array_equal(got["mask"][0], expected, err_msg=f"{name} over {module.__name__}")
+                np.testing.assert_array_equal(
+                    got["mask"][0], expected, err_msg=f"{name} over {module.__name__}"
+                )
                 assert got["probs"].dtype == np.float32 and got["probs"].shape == (1, *image.shape, 2)
                 np.testing.assert_array_equal(got["probs"][0].argmax(-1), expected)
 
@@ -102,7 +98,9 @@ def test_concurrent_clients_are_batched_and_get_their_own_masks(server: Server) 
     batches = server.metric("fcnx_batch_size_count") - before_batches
     assert server.metric("fcnx_batch_size_sum") - before_images == 16
     assert batches < 16, "concurrent requests never shared a batch"
-    assert server.metric("fcnx_queue_seconds_count") >= 16 and server.metric("fcnx_compute_seconds_count") >= 1
+    assert (
+        server.metric("fcnx_queue_seconds_count") >= 16 and server.metric("fcnx_compute_seconds_count") >= 1
+    )
 
 
 def _binary(shape: list[int], payload: bytes, datatype: str = "UINT8", name: str = "image",
@@ -138,7 +136,9 @@ def test_bad_requests_get_400_while_a_good_client_keeps_getting_masks(server: Se
     def client() -> None:
         while not stop.is_set():
             image = rng.integers(0, 256, (1, 31, 29, 1), np.uint8)
-            good.append(bool(np.array_equal(infer(http, server.http, server.name, image)["mask"], threshold(image))))
+            good.append(
+                bool(np.array_equal(infer(http, server.http, server.name, image)["mask"], threshold(image)))
+            )
 
     thread = threading.Thread(target=client)
     thread.start()
@@ -159,8 +159,10 @@ def test_bad_requests_get_400_while_a_good_client_keeps_getting_masks(server: Se
 
 
 def test_bad_request_messages_say_what_was_wrong(server: Server) -> None:
-    messages = {what: server.post(f"/v2/models/{server.name}/infer", *BAD[what])[1]["error"]
-                for what in ("float32 pixels", "three channels", "over --max-pixels", "body shorter than its header")}  # fmt: skip
+    cases = ("float32 pixels", "three channels", "over --max-pixels", "body shorter than its header")
+    messages = {
+        what: server.post(f"/v2/models/{server.name}/infer", *BAD[what])[1]["error"] for what in cases
+    }
     assert "UINT8" in messages["float32 pixels"]
     assert "3 channel" in messages["three channels"] and "takes 1" in messages["three channels"]
     assert "--max-pixels" in messages["over --max-pixels"]
@@ -206,7 +208,7 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0() -> None:
         for image, result in zip(images, results):
             np.testing.assert_array_equal(result["mask"], threshold(image))
         assert server.process.wait(timeout=60) == 0, server.process.stderr.read()
-        with pytest.raises(Exception):
+        with pytest.raises((InferenceServerException, ConnectionRefusedError)):  # nothing listens any more
             infer(http, server.http, server.name, images[0])
     finally:
         if server.process.poll() is None:
@@ -226,3 +228,26 @@ def test_a_model_that_cannot_load_exits_1_with_one_line(tmp_path: Path) -> None:
     stderr = server.process.stderr.read()
     assert code == 1
     assert f"error: {broken}" in stderr
+
+
+def test_bench_url_drives_the_server_with_loadgen_and_a_sweep(server: Server, tmp_path: Path) -> None:
+    """The plumbing, not the speed: LoadGen's SingleStream and Offline runs judged VALID, a
+    sweep of 1 and 2 clients, the server's queue/compute split read from /metrics."""
+    out = tmp_path / "bench"
+    done = run([*CLI, "bench", "--url", f"http://{server.http}", "--model", server.name, "--scenarios",
+                "single-stream,offline,concurrency", "--concurrency", "1,2", "--min-seconds", "1", "--max-seconds",
+                "8", "--warmup", "2", "--size", "64x64", "--out", str(out), "--no-plots"], timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr + done.stdout
+    rows = json.loads((out / "bench.json").read_text())["rows"]
+    assert [r["mode"] for r in rows] == [
+        "LoadGen SingleStream",
+        "concurrency 1",
+        "concurrency 2",
+        "LoadGen Offline",
+    ]
+    for row in rows:
+        assert row["status"] == "ok" and row["images_per_second"] > 0 and row["p90_ms"] > 0, row
+        assert row["provider"].endswith("(fcnx_ort-cpu)") and row["input"] == "64x64x1"
+        assert row["queue_ms"] is not None and row["compute_ms"] > 0 and row["server_batch"] >= 1
+    assert rows[0]["stable"] is True and rows[3]["stable"] is True, [r["notes"] for r in rows]
+    assert "LoadGen SingleStream" in (out / "bench.md").read_text()
