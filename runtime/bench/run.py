@@ -113,14 +113,23 @@ def _load_contenders(config: BenchConfig, rows: list[BenchRow]) -> list[Contende
     contenders = []
     for model in dict.fromkeys(config.models):  # each file once, in order
         kind = model_kind(model)
+        deployed = _deployed_backend(model, kind, rows)
+        if deployed is not None and deployed.name not in config.backend_names():
+            rows.append(_status_row(model, deployed.name, 0, "skipped",
+                                    f"this DEPLOY/ folder runs on {deployed.name}: add it to --backends"))  # fmt: skip
+            deployed.close()
+            continue
         for name in config.backend_names():
-            if backend_spec(name).kind != kind:
+            if deployed is not None and name == deployed.name:  # a DEPLOY/ folder: its winner's backend
+                backend = deployed
+            elif deployed is not None or backend_spec(name).kind != kind:
                 continue  # each backend runs the files it can load
-            try:
-                backend = load(model, name)
-            except (BackendError, ValueError, OSError) as exc:
-                rows.append(_status_row(model, name, 0, "unavailable", str(exc)))  # batch 0: all of them
-                continue
+            else:
+                try:
+                    backend = load(model, name)
+                except (BackendError, ValueError, OSError) as exc:
+                    rows.append(_status_row(model, name, 0, "unavailable", str(exc)))  # batch 0: all of them
+                    continue
             card = backend.card
             size = native_size(backend, (512, 512))
             images = source_images(config, card.input_channels, size, max(batches))
@@ -139,6 +148,18 @@ def _load_contenders(config: BenchConfig, rows: list[BenchRow]) -> list[Contende
                     runnable[b] = np.stack(images[:b])
             contenders.append(Contender(model, backend, card, runnable))
     return contenders
+
+
+def _deployed_backend(model: str, kind: str, rows: list[BenchRow]) -> Backend | None:
+    """A DEPLOY/ folder runs on the backend it won on (with its tuned settings): loaded once,
+    timed in that backend's rows; when it cannot load here, a row says why."""
+    if kind != "deploy":
+        return None
+    try:
+        return load(model)
+    except (BackendError, ValueError, OSError) as exc:
+        rows.append(_status_row(model, "deploy", 0, "unavailable", str(exc)))
+        return None
 
 
 def _same_network_flops(rows: list[BenchRow]) -> None:

@@ -18,7 +18,7 @@ from ..backends.registry import load
 from ..predict.plans import Output
 from ..predict.segmenter import DYNAMIC_TILE, Segmenter
 from . import metrics
-from .batcher import Batcher
+from .batcher import Batcher, warm_batches
 from .tensors import MASK, OUTPUT_TYPES, PROBS, BadRequest, Signature
 
 # Fault injection for the tests, like FCNX_KILL_AT: seconds the load waits first, so a test can
@@ -58,8 +58,9 @@ class SegmentationModel(Model):
         return self.ready
 
     def load_and_warm(self) -> None:
-        """Load the backend, build the Segmenter and run each batch size the server will use
-        once (engines compile and allocate on first use), then report ready."""
+        """Load the backend, build the Segmenter and run each batch size the batcher will
+        form once (engines compile and allocate on first use; OpenVINO compiles one static
+        shape per batch size and pads a batch to the next compiled one), then report ready."""
         time.sleep(float(os.environ.get(LOAD_DELAY, "0") or 0))
         backend = load(self.path, self.backend_name)
         segmenter = Segmenter(backend, batch_size=self.max_batch, tile=self.tile)
@@ -67,7 +68,7 @@ class SegmentationModel(Model):
         h, w = segmenter.input_hw or (backend.card.input_height or DYNAMIC_TILE[0],
                                       backend.card.input_width or DYNAMIC_TILE[1])  # fmt: skip
         image = np.zeros((h, w, backend.card.input_channels), np.uint8)
-        for count in sorted({1, segmenter.batch_size}):
+        for count in warm_batches(segmenter.batch_size):
             segmenter.segment([image] * count, probs=PROBS in self.signature.outputs)
         self.segmenter = segmenter
         self.batcher = Batcher(self._run, segmenter.batch_size, self.max_queue_delay, self._observe)

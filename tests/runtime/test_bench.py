@@ -132,3 +132,27 @@ def test_keras_rows_get_the_same_networks_flops_and_int8_rows_no_float_peak() ->
     assert (
         _peak_for(BenchRow(model="e", backend="trt", batch=1, precision="fp16"), ceiling) is None
     )  # no GPU peak
+
+
+def test_a_deploy_folder_is_timed_on_the_backend_it_won_on(threshold_onnx: Path, tmp_path: Path) -> None:
+    """fcnx bench DEPLOY/: rows for its winner's backend, a skipped row when that backend is not asked for."""
+    import json
+    import shutil
+
+    from fcnx.runtime.bench.config import BenchConfig
+    from fcnx.runtime.bench.run import run_bench
+
+    deploy = tmp_path / "deploy"
+    deploy.mkdir()
+    shutil.copy(threshold_onnx, deploy / "model.onnx")
+    record = {"format": "fcnx-deploy", "version": 1, "command": "fcnx deploy m --data d -o deploy --force",
+              "winner": {"backend": "ort-cpu", "precision": "fp32", "artifact": "model.onnx", "settings": {"batch": 2}},
+              "requires": {"gpu": None}}  # fmt: skip
+    (deploy / "deploy.json").write_text(json.dumps(record))
+    common = dict(models=(str(deploy),), batch="1", min_seconds=0.0, warmup=0, out=str(tmp_path / "b"),
+                  ceiling=False, plots=False)  # fmt: skip
+    rows = run_bench(BenchConfig(backends="ort-cpu,ov-cpu", **common))["rows"]  # type: ignore[arg-type]
+    assert [(r["backend"], r["status"]) for r in rows] == [("ort-cpu", "ok")]
+    rows = run_bench(BenchConfig(backends="ov-cpu", **common))["rows"]  # type: ignore[arg-type]
+    assert [(r["backend"], r["status"]) for r in rows] == [("ort-cpu", "skipped")]
+    assert "add it to --backends" in rows[0]["reason"]

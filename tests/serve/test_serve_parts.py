@@ -12,7 +12,7 @@ import pytest
 
 from fcnx.runtime.bench.served import Target, parse_summary, server_split
 from fcnx.runtime.predict.plans import Output
-from fcnx.runtime.serve.batcher import Batcher
+from fcnx.runtime.serve.batcher import Batcher, warm_batches
 from fcnx.runtime.serve.tensors import BadRequest, Signature
 
 SIGNATURE = Signature(channels=1, classes=2, outputs=("mask", "probs"), max_pixels=10_000)
@@ -178,3 +178,16 @@ def test_target_urls() -> None:
             Target.parse(bad, "m")
     with pytest.raises(ValueError, match="--model"):
         Target.parse("http://h:1", "")
+
+
+def test_every_batch_size_the_batcher_forms_is_warmed() -> None:
+    assert warm_batches(1) == [1] and warm_batches(4) == [1, 2, 3, 4]
+    assert warm_batches(32) == [1, 2, 3, 4, 5, 6, 7, 8, 16, 32] and warm_batches(20)[-2:] == [16, 20]
+
+
+def test_this_process_never_imports_kserve() -> None:
+    """KServe's gRPC protos and tritonclient's share names: one process holds only one of them
+    (the server runs in its own process; these tests and fcnx bench --url use tritonclient)."""
+    import sys
+
+    assert "kserve" not in sys.modules
