@@ -3,11 +3,13 @@
 On the membrane FCN-2s's fastest CPU artifact (the DEPLOY/ folder ``benchmarks/deploy.py``
 writes, else a fresh ``fcnx deploy``), with the 24 real slices at 512x512:
 
-- in process: ``fcnx bench DEPLOY/`` on its backend at batch 1 and at the server's batch;
-- served: ``fcnx serve DEPLOY/ --max-batch B`` in a subprocess on loopback, driven by
+- in process: ``fcnx bench DEPLOY/`` on its backend at batch 1 and at its tuned batch
+  (images/s with its infer requests in flight, latency one call at a time);
+- served: ``fcnx serve DEPLOY/ --max-batch B`` (the engine at the deploy's tuned batch) in a
+  subprocess on loopback, driven by
   ``fcnx bench --url`` over HTTP (binary tensors): LoadGen SingleStream, the concurrency
   sweep 1..16, LoadGen Offline, and LoadGen's Server peak search (p99 <= 2x SingleStream p90);
-- the checks: served Offline >= 0.9x in-process throughput at batch B, SingleStream p90 <=
+- the checks: served Offline >= 0.9x in-process throughput at the tuned batch, SingleStream p90 <=
   in-process batch-1 p90 + 5 ms, the sweep's throughput rising to the cores' limit.
 
 Client and server share this machine's cores (the client's encoding and LoadGen's threads
@@ -71,10 +73,10 @@ def in_process(deploy: Path, data: Path, batch: int, seconds: float, out: Path) 
 
 
 def served(
-    deploy: Path, data: Path, batch: int, seconds: float, out: Path, scenarios: str
+    deploy: Path, data: Path, max_batch: int, seconds: float, out: Path, scenarios: str
 ) -> tuple[dict, dict]:
     http, grpc = free_port(), free_port()
-    server = subprocess.Popen(["fcnx", "serve", str(deploy), "--name", NAME, "--max-batch", str(batch),
+    server = subprocess.Popen(["fcnx", "serve", str(deploy), "--name", NAME, "--max-batch", str(max_batch),
                                "--http-port", str(http), "--grpc-port", str(grpc)])  # fmt: skip
     try:
         deadline = time.monotonic() + 300
@@ -126,8 +128,8 @@ def to_markdown(doc: dict) -> str:
     m, r = doc["machine"], doc["rows"]
     lines = [
         f"Measured {doc['date']} on {m['cpu']} ({m['cores']} cores, {m['memory_gib']} GiB): the membrane FCN-2s's "
-        f"DEPLOY/ winner ({r['winner']}), 512x512 slices, `fcnx serve --max-batch {r['checks']['batch']}` and "
-        "its client on the same cores, HTTP with binary tensors.",
+        f"DEPLOY/ winner ({r['winner']}, tuned batch {r['checks']['batch']}), 512x512 slices, `fcnx serve "
+        f"--max-batch {r['max_batch']}` and its client on the same cores, HTTP with binary tensors.",
         "",
         "In process (`fcnx bench DEPLOY/`):",
         "",
@@ -144,7 +146,7 @@ def to_markdown(doc: dict) -> str:
     notes = {x.mode: x.notes for x in served_rows if x.mode == "LoadGen Server"}
     c = r["checks"]
     lines += [
-        f"Offline served / in process at batch {c['batch']}: **{c.get('offline_vs_in_process', '-')}x** "
+        f"Offline served / in process at the tuned batch {c['batch']}: **{c.get('offline_vs_in_process', '-')}x** "
         "(target >= 0.9). SingleStream p90 minus in-process batch-1 p90: "
         f"**{c.get('single_stream_p90_minus_in_process_ms', '-')} ms** (target <= 5). Sweep peak at "
         f"{c.get('sweep_peak_clients', '-')} clients."
@@ -163,9 +165,7 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=SHARED / "data" / "membrane")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "serve")
     parser.add_argument("--results", type=Path, default=HERE / "results")
-    parser.add_argument(
-        "--batch", type=int, default=8, help="the server's --max-batch and the in-process batch"
-    )
+    parser.add_argument("--max-batch", type=int, default=8, help="the server's --max-batch")
     parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds per row")
     parser.add_argument("--server", action=argparse.BooleanOptionalAction, default=True,
                         help="also LoadGen's Server peak search (long: >= 700 queries per step)")  # fmt: skip
@@ -179,9 +179,10 @@ def main() -> int:
     images = args.data / "image"
     deploy = deploy_folder(args.work, args.data)
     winner = json.loads((deploy / "deploy.json").read_text())["winner"]
-    inproc = in_process(deploy, images, args.batch, args.seconds, args.work / "in-process")
+    tuned = int(winner.get("settings", {}).get("batch") or 1)
+    inproc = in_process(deploy, images, tuned, args.seconds, args.work / "in-process")
     scenarios = "single-stream,concurrency,offline" + (",server" if args.server else "")
-    report, metadata = served(deploy, images, args.batch, args.seconds, args.work / "served", scenarios)
+    report, metadata = served(deploy, images, args.max_batch, args.seconds, args.work / "served", scenarios)
     rows = {
         "winner": f"{winner['candidate']} {winner['artifact']}",
         "platform": metadata.get("platform"),
@@ -189,7 +190,8 @@ def main() -> int:
                        for x in inproc],
         "served": [{k: v for k, v in x.items() if k != "latencies_ms"} for x in report["rows"]],
         "server_exit": report["server_exit"],
-        "checks": checks(inproc, report["rows"], args.batch),
+        "max_batch": args.max_batch,
+        "checks": checks(inproc, report["rows"], tuned),
     }  # fmt: skip
     write_report(args.results, "serve", rows, to_markdown)
     return 0

@@ -27,7 +27,7 @@ Observe = Callable[[list[float], float, int], None]
 
 
 def warm_batches(max_batch: int) -> list[int]:
-    """The batch sizes to run before ready: every size up to 8, then powers of two, and the max."""
+    """The engine batch sizes to run before ready: every size up to 8, then powers of two, and the max."""
     sizes = set(range(1, min(max_batch, 8) + 1)) | {max_batch}
     sizes |= {1 << k for k in range(4, max_batch.bit_length()) if 1 << k < max_batch}
     return sorted(sizes)

@@ -18,7 +18,10 @@ class ServeConfig:
     http_port: int = opt(8080, "REST port (0: none)")
     grpc_port: int = opt(8081, "gRPC port (0: none)")
     backend: str = opt("auto", "engine to run on (a DEPLOY/ folder: its winner)")
-    max_batch: int | None = opt(None, "images per model call (default: the deploy's tuned batch, else 8)")
+    max_batch: int = opt(8, "most images of concurrent requests batched into one Segmenter call")
+    batch: int | None = opt(
+        None, "images per engine call within it (default: the deploy's tuned batch, else 8)"
+    )
     max_queue_delay_ms: float = opt(2.0, "how long a request waits for others to share its batch")
     max_pixels: int = opt(1 << 28, "refuse images with more pixels than this (400)")
     tile: str = opt("auto", "as fcnx predict --tile: auto, off or HxW")
@@ -30,8 +33,10 @@ class ServeConfig:
                 raise ValueError(f"ports are 0..65535, got {port}")
         if not self.http_port and not self.grpc_port:
             raise ValueError("--http-port and --grpc-port are both 0: nothing would listen")
-        if self.max_batch is not None and self.max_batch < 1:
-            raise ValueError(f"--max-batch must be at least 1, got {self.max_batch}")
+        if self.max_batch < 1 or (self.batch is not None and self.batch < 1):
+            raise ValueError(
+                f"--max-batch and --batch must be at least 1, got {self.max_batch} and {self.batch}"
+            )
         if self.max_queue_delay_ms < 0 or self.max_pixels < 1 or self.grace_seconds < 0:
             raise ValueError("--max-queue-delay-ms and --grace-seconds must be >= 0, --max-pixels >= 1")
         if self.name and not _NAME.fullmatch(self.name):

@@ -21,9 +21,9 @@ from . import metrics
 from .batcher import Batcher, warm_batches
 from .tensors import MASK, OUTPUT_TYPES, PROBS, BadRequest, Signature
 
-# Fault injection for the tests, like FCNX_KILL_AT: seconds the load waits first, so a test can
-# see the server listening and not ready
-LOAD_DELAY = "FCNX_SERVE_LOAD_DELAY"
+# Fault injection for the tests, like FCNX_KILL_AT: the load waits until this file exists, so a
+# test sees the server listening and not ready for as long as it needs
+LOAD_GATE = "FCNX_SERVE_LOAD_GATE"
 
 
 class SegmentationModel(Model):
@@ -32,7 +32,8 @@ class SegmentationModel(Model):
         name: str,
         path: Path,
         backend: str = "auto",
-        max_batch: int | None = None,
+        max_batch: int = 8,
+        batch: int | None = None,
         max_queue_delay: float = 0.002,
         max_pixels: int = 1 << 28,
         tile: str = "auto",
@@ -40,7 +41,8 @@ class SegmentationModel(Model):
         super().__init__(name)
         self.path = path
         self.backend_name = backend
-        self.max_batch = max_batch
+        self.max_batch = max_batch  # images the batcher gathers into one Segmenter call
+        self.batch = batch  # images per backend call within it (None: the backend's preferred)
         self.max_queue_delay = max_queue_delay
         self.max_pixels = max_pixels
         self.tile = tile
@@ -58,20 +60,25 @@ class SegmentationModel(Model):
         return self.ready
 
     def load_and_warm(self) -> None:
-        """Load the backend, build the Segmenter and run each batch size the batcher will
-        form once (engines compile and allocate on first use; OpenVINO compiles one static
-        shape per batch size and pads a batch to the next compiled one), then report ready."""
-        time.sleep(float(os.environ.get(LOAD_DELAY, "0") or 0))
+        """Load the backend, build the Segmenter and run each engine batch size once (engines
+        compile and allocate on first use; OpenVINO compiles one static shape per batch size
+        and pads a batch to the next compiled one) and one full stream, then report ready.
+        The batcher gathers up to ``max_batch`` images per Segmenter call, which streams them
+        through the engine ``batch`` at a time with its requests in flight (OpenVINO's
+        streams each take a share of the cores: one call at a time would leave the rest idle)."""
+        gate = os.environ.get(LOAD_GATE)
+        while gate and not os.path.exists(gate):
+            time.sleep(0.05)
         backend = load(self.path, self.backend_name)
-        segmenter = Segmenter(backend, batch_size=self.max_batch, tile=self.tile)
+        segmenter = Segmenter(backend, batch_size=self.batch, tile=self.tile)
         self.signature = Signature.of(backend.card, backend.output_names, self.max_pixels)
         h, w = segmenter.input_hw or (backend.card.input_height or DYNAMIC_TILE[0],
                                       backend.card.input_width or DYNAMIC_TILE[1])  # fmt: skip
         image = np.zeros((h, w, backend.card.input_channels), np.uint8)
-        for count in warm_batches(segmenter.batch_size):
+        for count in [*warm_batches(segmenter.batch_size), self.max_batch]:  # the engine's shapes, a stream
             segmenter.segment([image] * count, probs=PROBS in self.signature.outputs)
         self.segmenter = segmenter
-        self.batcher = Batcher(self._run, segmenter.batch_size, self.max_queue_delay, self._observe)
+        self.batcher = Batcher(self._run, self.max_batch, self.max_queue_delay, self._observe)
         self.ready = True
 
     def _run(self, images: Any, probs: bool) -> list[Output]:
@@ -114,7 +121,8 @@ class SegmentationModel(Model):
             described["parameters"] = {
                 "card": backend.card.to_dict(),
                 "provider": backend.provider,
-                "max_batch": self.segmenter.batch_size,
+                "max_batch": self.max_batch,
+                "batch": self.segmenter.batch_size,
                 "max_queue_delay_ms": self.max_queue_delay * 1000,
                 "fit": self.segmenter.describe(),
             }

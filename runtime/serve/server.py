@@ -56,6 +56,7 @@ def serve(config: ServeConfig) -> int:
         Path(config.model),
         backend=config.backend,
         max_batch=config.max_batch,
+        batch=config.batch,
         max_queue_delay=config.max_queue_delay_ms / 1000,
         max_pixels=config.max_pixels,
         tile=config.tile,

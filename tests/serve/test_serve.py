@@ -169,10 +169,11 @@ def test_bad_request_messages_say_what_was_wrong(server: Server) -> None:
     assert "4096" in messages["body shorter than its header"]
 
 
-def test_readiness_is_false_until_the_model_is_warm() -> None:
-    server = start_server(THRESHOLD_ONNX, env={"FCNX_SERVE_LOAD_DELAY": "4"})
+def test_readiness_is_false_until_the_model_is_warm(tmp_path: Path) -> None:
+    gate = tmp_path / "load"  # the load waits for this file (FCNX_SERVE_LOAD_GATE, a test hook)
+    server = start_server(THRESHOLD_ONNX, env={"FCNX_SERVE_LOAD_GATE": str(gate)})
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
                 live = server.get("/v2/health/live")[0]
@@ -184,6 +185,7 @@ def test_readiness_is_false_until_the_model_is_warm() -> None:
         assert server.get(f"/v2/models/{server.name}/ready")[0] == 503
         body, headers = _binary([1, 4, 4, 1], bytes(16))
         assert server.post(f"/v2/models/{server.name}/infer", body, headers)[0] == 503
+        gate.touch()
         wait_ready(server)
         assert server.get(f"/v2/models/{server.name}/ready")[0] == 200
     finally:
@@ -192,9 +194,9 @@ def test_readiness_is_false_until_the_model_is_warm() -> None:
 
 
 def test_sigterm_finishes_requests_in_flight_then_exits_0() -> None:
-    """Requests held in the batching queue (1 s delay) when SIGTERM comes all get their masks;
+    """Requests held in the batching queue (a 4 s delay) when SIGTERM comes all get their masks;
     the process then exits 0 and a request after it is refused."""
-    server = start_server(THRESHOLD_ONNX, "--max-batch", "16", "--max-queue-delay-ms", "1000")
+    server = start_server(THRESHOLD_ONNX, "--max-batch", "16", "--max-queue-delay-ms", "4000")
     try:
         wait_ready(server)
         rng = np.random.default_rng(4)
@@ -202,7 +204,7 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0() -> None:
         with ThreadPoolExecutor(6) as pool:
             futures = [pool.submit(infer, http if i % 2 else grpc, server.http if i % 2 else server.grpc,
                                    server.name, images[i]) for i in range(6)]  # fmt: skip
-            time.sleep(0.4)
+            time.sleep(1.5)  # all six sent and queued (the first waits 4 s for others)
             server.process.send_signal(signal.SIGTERM)
             results = [f.result(timeout=60) for f in futures]
         for image, result in zip(images, results):
