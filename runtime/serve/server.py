@@ -17,6 +17,7 @@ import asyncio
 import logging
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,13 +45,36 @@ def _own_argv() -> Iterator[None]:
         sys.argv = argv
 
 
+class _OneLineBadRequests(logging.Filter):
+    """KServe logs every 400 with its traceback; a bad request is the client's, one line does."""
+
+    def __init__(self, invalid: type[Exception]) -> None:
+        super().__init__()
+        self.invalid = invalid
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, self.invalid):
+            record.msg, record.args, record.exc_info, record.levelno = (
+                f"bad request: {error}",
+                (),
+                None,
+                logging.INFO,
+            )
+            record.levelname = "INFO"
+            return logging.getLogger(record.name).isEnabledFor(logging.INFO)
+        return True
+
+
 def serve(config: ServeConfig) -> int:
+    warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")  # KServe's, not ours to fix
     with _own_argv():
         import kserve.model_server as ks
         from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
         from kserve.protocol.dataplane import DataPlane
         from kserve.protocol.infer_type import InferInput, InferRequest, RequestedOutput
 
+    logging.getLogger("kserve").addFilter(_OneLineBadRequests(InvalidInput))
     model = SegmentationModel(
         config.model_name(),
         Path(config.model),
@@ -73,8 +97,11 @@ def serve(config: ServeConfig) -> int:
                 return
             stopping.set()
             model.ready = False  # readiness false; new infer requests: 503
-            logger.info(
-                "fcnx serve: stopping, %d image(s) in flight", model.batcher.pending if model.batcher else 0
+            pending = model.batcher.pending if model.batcher else 0
+            print(
+                f"fcnx serve: stopping: {pending} image(s) in flight finish first",
+                file=sys.stderr,
+                flush=True,
             )
 
             async def finish() -> None:
@@ -149,6 +176,8 @@ def serve(config: ServeConfig) -> int:
     threading.Thread(target=load, name="fcnx-load", daemon=True).start()
     server.start([])
     model.close()
+    if not model.error:
+        print("fcnx serve: stopped", file=sys.stderr, flush=True)
     return 1 if model.error else 0
 
 
