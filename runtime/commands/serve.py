@@ -33,8 +33,6 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
-    for name in ("kserve", "kserve.trace", "uvicorn", "uvicorn.error", "uvicorn.access"):
-        logging.getLogger(name).setLevel(args.log_level.upper())
     from fcnx.runtime.serve.server import serve
 
-    return serve(config)
+    return serve(config, args.log_level)

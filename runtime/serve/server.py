@@ -45,12 +45,13 @@ def _own_argv() -> Iterator[None]:
         sys.argv = argv
 
 
-class _OneLineBadRequests(logging.Filter):
-    """KServe logs every 400 with its traceback; a bad request is the client's, one line does."""
+class _OneLineClientErrors(logging.Filter):
+    """KServe logs every 400, 404 and 503 with its traceback; a bad request, an unknown model or
+    a readiness probe before warm-up is expected, not a server fault: one INFO line does."""
 
-    def __init__(self, invalid: type[Exception]) -> None:
+    def __init__(self, *expected: type[Exception]) -> None:
         super().__init__()
-        self.invalid = invalid
+        self.invalid = expected
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
@@ -66,15 +67,14 @@ class _OneLineBadRequests(logging.Filter):
         return True
 
 
-def serve(config: ServeConfig) -> int:
+def serve(config: ServeConfig, log_level: str = "WARNING") -> int:
     warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")  # KServe's, not ours to fix
     with _own_argv():
         import kserve.model_server as ks
-        from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
+        from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady, ServerNotReady
         from kserve.protocol.dataplane import DataPlane
         from kserve.protocol.infer_type import InferInput, InferRequest, RequestedOutput
 
-    logging.getLogger("kserve").addFilter(_OneLineBadRequests(InvalidInput))
     model = SegmentationModel(
         config.model_name(),
         Path(config.model),
@@ -124,6 +124,12 @@ def serve(config: ServeConfig) -> int:
         enable_docs_url=False,
         enable_latency_logging=False,
         grace_period=int(config.grace_seconds) + 1,
+    )
+    # after the ModelServer: it configures KServe's loggers (handlers, INFO) when it is created
+    for name in ("kserve", "kserve.trace", "uvicorn", "uvicorn.error", "uvicorn.access", "fcnx.serve"):
+        logging.getLogger(name).setLevel(log_level.upper())
+    logging.getLogger("kserve").addFilter(
+        _OneLineClientErrors(InvalidInput, ModelNotFound, ModelNotReady, ServerNotReady)
     )
     server.dataplane = ReadyDataPlane(model_registry=server.registered_models)
     server.register_model(model)  # registered not ready: readiness false until warm

@@ -201,6 +201,7 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0() -> None:
         wait_ready(server)
         rng = np.random.default_rng(4)
         images = [rng.integers(0, 256, (1, 300, 200, 1), np.uint8) for _ in range(6)]
+        assert server.post(f"/v2/models/{server.name}/infer", *BAD["garbage"])[0] == 400  # logged quietly
         with ThreadPoolExecutor(6) as pool:
             futures = [pool.submit(infer, http if i % 2 else grpc, server.http if i % 2 else server.grpc,
                                    server.name, images[i]) for i in range(6)]  # fmt: skip
@@ -210,6 +211,9 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0() -> None:
         for image, result in zip(images, results):
             np.testing.assert_array_equal(result["mask"], threshold(image))
         assert server.process.wait(timeout=60) == 0, server.process.stderr.read()
+        lines = server.process.stderr.read().splitlines()  # quiet: fcnx's own lines only, no library noise
+        assert lines and all(line.startswith("fcnx serve: ") for line in lines), lines
+        assert "stopping" in lines[-2] and lines[-1] == "fcnx serve: stopped"
         with pytest.raises((InferenceServerException, ConnectionRefusedError)):  # nothing listens any more
             infer(http, server.http, server.name, images[0])
     finally:
