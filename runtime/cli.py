@@ -81,6 +81,8 @@ OPTIONAL_LIBRARIES = {
     "prometheus_client",
 }
 
+# the extra that brings a library, for commands that need no extra of their own (fcnx bench --url)
+LIBRARY_EXTRAS = {"tritonclient": "serve", "mlperf_loadgen": "serve", "matplotlib": "bench"}
 
 EXIT_INTERRUPTED = 128 + signal.SIGINT
 EXIT_TERMINATED = 128 + signal.SIGTERM
@@ -118,7 +120,7 @@ def _missing_extra(exc: ModuleNotFoundError, command: str, extra: str | None) ->
     root = (exc.name or "").split(".")[0]
     if root not in OPTIONAL_LIBRARIES:
         return None
-    need = extra or "all"
+    need = extra or LIBRARY_EXTRAS.get(root, "all")
     return CommandError(f'fcnx {command} needs {root}, which is not installed: pip install "fcnx[{need}]"', 2)
 
 

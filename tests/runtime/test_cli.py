@@ -101,3 +101,22 @@ def test_unknown_command() -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["frobnicate"])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "library"),
+    [
+        (["serve", "model.onnx"], "kserve"),
+        (["bench", "--url", "http://127.0.0.1:9", "--model", "m"], "tritonclient"),
+    ],
+)
+def test_serving_without_the_serve_extra_prints_its_pip_line(
+    argv: list[str], library: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in [m for m in sys.modules if m == library or m.startswith(library + ".")] + [library]:
+        monkeypatch.setitem(sys.modules, name, None)  # an import of it fails as if not installed
+    assert main(argv) == 2
+    assert (
+        f'fcnx {argv[0]} needs {library}, which is not installed: pip install "fcnx[serve]"'
+        in capsys.readouterr().err
+    )
