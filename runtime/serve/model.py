@@ -128,6 +128,28 @@ class SegmentationModel(Model):
             }
         return described
 
+    def triton_config(self) -> dict[str, Any]:
+        """The model as Triton's model-configuration extension shows it (``GET
+        /v2/models/NAME/config``, tritonclient's ``get_model_config``): tensors without the
+        batch axis, the batcher's settings, the card as a string parameter."""
+        assert self.signature is not None and self.segmenter is not None
+        kinds = {"UINT8": "TYPE_UINT8", "FP32": "TYPE_FP32"}
+        inputs, outputs = self.signature.metadata()
+        return {
+            "name": self.name,
+            "platform": f"fcnx_{self.segmenter.backend.name}",
+            "max_batch_size": self.max_batch,
+            "input": [
+                {"name": t["name"], "data_type": kinds[t["datatype"]], "dims": t["shape"][1:]} for t in inputs
+            ],
+            "output": [
+                {"name": t["name"], "data_type": kinds[t["datatype"]], "dims": t["shape"][1:]}
+                for t in outputs
+            ],
+            "dynamic_batching": {"max_queue_delay_microseconds": int(self.max_queue_delay * 1e6)},
+            "parameters": {"fcnx_card": {"string_value": self.segmenter.backend.card.to_json()}},
+        }
+
     # -- inference -----------------------------------------------------------------------------------
 
     def _parse(self, request: InferRequest) -> tuple[np.ndarray, tuple[str, ...]]:

@@ -6,7 +6,8 @@ serving one SegmentationModel, with what fcnx adds:
 - REST binary tensors decoded straight into NumPy: KServe 0.21 turns a binary input into a
   Python list and back (145 ms for one 512x512 image), so the infer route is served here,
   through KServe's own dataplane, errors and encoders, for binary and JSON bodies alike;
-- the model metadata on REST carries the model card (``parameters.card``);
+- the model metadata on REST carries the model card (``parameters.card``), and Triton's
+  model-configuration extension (``/v2/models/NAME/config``) is answered too;
 - SIGTERM: readiness goes false, new infer requests are refused (503), the requests
   already in flight finish (up to ``--grace-seconds``), then both servers stop: exit 0.
 """
@@ -140,6 +141,13 @@ def serve(config: ServeConfig, log_level: str = "WARNING") -> int:
             raise ModelNotFound(model_name)
         return model.describe()
 
+    async def triton_config(model_name: str) -> dict[str, Any]:
+        if model_name != model.name:
+            raise ModelNotFound(model_name)
+        if not model.ready:
+            raise ModelNotReady(model_name)
+        return model.triton_config()
+
     async def infer(model_name: str, request: Request) -> Response:
         if model_name != model.name:
             raise ModelNotFound(model_name)
@@ -161,6 +169,7 @@ def serve(config: ServeConfig, log_level: str = "WARNING") -> int:
     # before KServe registers its own routes at start: these are matched first
     ks.app.add_api_route("/v2/models/{model_name}", metadata, methods=["GET"])
     ks.app.add_api_route("/v2/models/{model_name}/infer", infer, methods=["POST"])
+    ks.app.add_api_route("/v2/models/{model_name}/config", triton_config, methods=["GET"])
 
     def load() -> None:
         try:

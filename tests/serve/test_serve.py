@@ -58,6 +58,9 @@ def test_round_trips_match_fcnx_predict(tiny_onnx: Path, tmp_path: Path) -> None
         assert status == 200 and meta["parameters"]["card"]["input_height"] == 64
         assert [i["name"] for i in meta["inputs"]] == ["image"]
         assert {o["name"]: o["datatype"] for o in meta["outputs"]} == {"mask": "UINT8", "probs": "FP32"}
+        config = http.InferenceServerClient(s.http).get_model_config("tiny")  # Triton's config extension
+        assert config["input"] == [{"name": "image", "data_type": "TYPE_UINT8", "dims": [-1, -1, 1]}]
+        assert json.loads(config["parameters"]["fcnx_card"]["string_value"])["input_height"] == 64
         for name, image in images.items():
             expected = np.load(tmp_path / "out" / f"{name}.npy")
             batch = image[None, ..., None]
