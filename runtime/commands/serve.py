@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from fcnx.runtime.flags import add_dataclass_flags, dataclass_from_args
@@ -30,6 +31,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     config = dataclass_from_args(ServeConfig, args, model=args.model)
+    # gRPC's own INFO lines (its fork handlers when a library starts a subprocess beside the
+    # server) stay off stderr, read by gRPC when it loads; FCNX_DEBUG=1 or a user's level keeps them
+    if not os.environ.get("FCNX_DEBUG"):
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     logging.basicConfig(
         level=args.log_level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
