@@ -5,7 +5,9 @@ or until ``max_batch`` images are queued, then the batch runs on a worker thread
 at a time: the model already uses every core) while the event loop keeps accepting. Each
 image gets its own result back, never another's: results are matched by position in the
 batch, and a batch that fails is retried image by image, so one image's failure is its own
-request's error only. Sizes may differ within a batch; the Segmenter groups same-shape
+request's error only. A request that arrives alone (no other arrived within the last
+batch's compute time before it: one client at a time) runs at once, since waiting for
+company that is not coming would only add latency. Sizes may differ within a batch; the Segmenter groups same-shape
 images into one backend call and tiles the large ones.
 """
 
@@ -39,6 +41,7 @@ class _Job:
     probs: bool
     future: asyncio.Future[Output]
     queued: float = field(default_factory=time.perf_counter)
+    alone: bool = False  # no other request arrived within one batch's compute time before it
 
 
 class Batcher:
@@ -55,6 +58,8 @@ class Batcher:
         self._worker: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fcnx-batch")
         self._busy = 0  # images taken from the queue and not answered yet
+        self._last_arrival = -float("inf")
+        self._last_compute = 0.0  # seconds the last batch took
 
     async def submit(self, image: np.ndarray, probs: bool = False) -> Output:
         """The image's mask (and probabilities when ``probs``), once its batch has run."""
@@ -62,6 +67,8 @@ class Batcher:
             self._queue = asyncio.Queue()
             self._worker = asyncio.get_running_loop().create_task(self._serve())
         job = _Job(image, probs, asyncio.get_running_loop().create_future())
+        job.alone = job.queued - self._last_arrival >= self._last_compute
+        self._last_arrival = job.queued
         self._queue.put_nowait(job)
         return await job.future
 
@@ -72,6 +79,8 @@ class Batcher:
 
     async def _collect(self, queue: asyncio.Queue[_Job]) -> list[_Job]:
         jobs = [await queue.get()]
+        if jobs[0].alone and queue.empty():  # no sign of concurrent requests: waiting would only add latency
+            return jobs
         deadline = time.perf_counter() + self.max_delay
         while len(jobs) < self.max_batch:
             if not queue.empty():
@@ -97,6 +106,7 @@ class Batcher:
                 outputs = await loop.run_in_executor(self._executor, self._run_each, jobs)
             finally:
                 self._busy = 0
+                self._last_compute = time.perf_counter() - started
             if self.observe is not None:
                 self.observe([started - j.queued for j in jobs], time.perf_counter() - started, len(jobs))
             for job, output in zip(jobs, outputs):

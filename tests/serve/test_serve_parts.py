@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -191,3 +192,23 @@ def test_this_process_never_imports_kserve() -> None:
     import sys
 
     assert "kserve" not in sys.modules
+
+
+def test_a_request_arriving_alone_does_not_wait_for_company() -> None:
+    """One client at a time runs at once; a burst still waits up to the delay and shares a batch."""
+    calls: list[int] = []
+    batcher = Batcher(_fake_run(calls), max_batch=8, max_delay=0.5)
+
+    async def main() -> list[float]:
+        waits = []
+        for _ in range(2):
+            started = time.perf_counter()
+            await batcher.submit(np.zeros((2, 2), np.uint8))
+            waits.append(time.perf_counter() - started)
+            await asyncio.sleep(0.05)  # longer than a batch takes: the next request is alone too
+        await asyncio.gather(*(batcher.submit(np.full((2, 2), i, np.uint8)) for i in range(3)))
+        return waits
+
+    waits = asyncio.run(main())
+    batcher.close()
+    assert max(waits) < 0.25 and calls == [1, 1, 3]
