@@ -237,7 +237,8 @@ class LoadGenSettings:
 # query is under the bound); fewer and a Server run is INVALID whatever its latencies
 SERVER_MIN_QUERIES = 700
 SINGLE_STREAM_MIN_QUERIES = 100  # its p90 estimate needs 64
-SERVER_ATTEMPTS = 3  # a start QPS that misses the bound: LoadGen's search fails; start lower
+SERVER_ATTEMPTS = 3  # a start QPS that misses the bound: LoadGen's search finds no peak; start lower
+PEAK = re.compile(r"Found peak performance field: ([0-9.]+)")  # LoadGen's detail log, after its search
 THROUGHPUT_LINE = {"single-stream": "QPS w/o loadgen overhead", "offline": "Samples per second",
                    "server": "Completed samples per second"}  # fmt: skip
 
@@ -285,6 +286,7 @@ def loadgen_row(target: Target, info: dict[str, Any], images: list[np.ndarray], 
         test.server_target_qps = settings.qps
         test.server_target_latency_ns = int((settings.p99_ms or 2 * settings.latency_ms) * 1e6)
         test.server_target_latency_percentile = 0.99
+        test.server_find_peak_qps_decimals_of_precision = 0  # to 1 QPS: each step is >= 700 queries
     sut = lg.ConstructSUT(issue, lambda: None)
     qsl = lg.ConstructQSL(len(images), len(images), lambda indices: None, lambda indices: None)
     metrics = target.metrics_url()
@@ -304,6 +306,8 @@ def loadgen_row(target: Target, info: dict[str, Any], images: list[np.ndarray], 
             lg.DestroySUT(sut)
         after = scrape(metrics)
         summary = parse_summary((Path(outdir) / "mlperf_log_summary.txt").read_text())
+        peak = PEAK.search((Path(outdir) / "mlperf_log_detail.txt").read_text(errors="replace"))
+        summary["peak_qps"] = float(peak.group(1)) if peak else None
     row = _row(target, info, images, f"LoadGen {LOADGEN_SCENARIOS[scenario]}", calls=len(latencies),
                **server_split(before, after), latencies_ms=[round(1e3 * x, 3) for x in latencies])  # fmt: skip
     row.p50_ms, row.p90_ms, row.p99_ms = (summary.get(f"{q:.2f} percentile latency (ns)", 0) / 1e6 or None
@@ -311,10 +315,15 @@ def loadgen_row(target: Target, info: dict[str, Any], images: list[np.ndarray], 
     throughput = summary.get(THROUGHPUT_LINE[scenario])
     row.images_per_second = throughput if isinstance(throughput, float) else None
     row.stable = summary.get("valid")
+    if scenario == "server":  # the search's answer: the peak, and whether its p99 met the bound there
+        row.stable = (
+            summary["peak_qps"] is not None and summary.get("Performance constraints satisfied") == "Yes"
+        )
     row.notes = [f"LoadGen {summary.get('version', '')}: {summary.get('result', '?')}",
                  *(f"{k}: {v}" for k, v in summary.items() if k in SUMMARY_NOTES)]  # fmt: skip
     if scenario == "server":
         row.notes.append(f"p99 bound {test.server_target_latency_ns / 1e6:.1f} ms")
+        row.notes.append(f"peak QPS found: {summary['peak_qps']}" if summary["peak_qps"] else "no peak found")
     if errors:
         row.status, row.reason = "failed", f"{len(errors)} request(s) failed, first: {errors[0]}"
     return row
@@ -391,7 +400,7 @@ def run_served(
             row = loadgen_row(target, info, images, "server",
                               LoadGenSettings(min_seconds, max_seconds, latency, start, bound, clients))  # fmt: skip
             row.notes.append(f"peak search started at {start:.2f} QPS")
-            if row.stable or row.status != "ok":
+            if "no peak found" not in row.notes or row.status != "ok":
                 break
             start /= 3
         rows.append(row)
