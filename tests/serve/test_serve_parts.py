@@ -217,7 +217,7 @@ def test_a_request_arriving_alone_does_not_wait_for_company() -> None:
 def test_the_server_search_s_peak_is_read_from_loadgen_s_detail_log() -> None:
     from fcnx.runtime.bench.served import PEAK
 
-    line = ':::MLLOG {"key": "generic_message", "value": "FindPeakPerformance: Found peak performance field: 940.781250"'
+    line = ':::MLLOG {"key": "generic_message", "value": "FindPeakPerformance: Found peak performance field: 940.78125"'
     match = PEAK.search("...\n" + line + "\n...")
     assert match is not None and float(match.group(1)) == 940.78125
     assert PEAK.search("FindPeakPerformance: Check validity of the base settings field: 1.32") is None
