@@ -11,7 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from fcnx.runtime.bench.served import Target, parse_summary, server_split
+from fcnx.runtime.bench.loadgen import parse_summary
+from fcnx.runtime.bench.target import Target, server_split
 from fcnx.runtime.predict.plans import Output
 from fcnx.runtime.serve.batcher import Batcher, warm_batches
 from fcnx.runtime.serve.tensors import BadRequest, Signature
@@ -215,7 +216,7 @@ def test_a_request_arriving_alone_does_not_wait_for_company() -> None:
 
 
 def test_the_server_search_s_peak_is_read_from_loadgen_s_detail_log() -> None:
-    from fcnx.runtime.bench.served import PEAK
+    from fcnx.runtime.bench.loadgen import PEAK
 
     line = ':::MLLOG {"key": "generic_message", "value": "FindPeakPerformance: Found peak performance field: 940.78125"'
     match = PEAK.search("...\n" + line + "\n...")
