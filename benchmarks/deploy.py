@@ -18,7 +18,6 @@ For the FCN-2s and the FCN-8s of ``../shared/models``:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -33,7 +32,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from large_images import table  # noqa: E402
-from report import write_report  # noqa: E402
+from report import suite_parser, write_report  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 ARCHS = ("fcn2s", "fcn8s")
@@ -198,14 +197,8 @@ def to_markdown(doc: dict) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--data", type=Path, default=SHARED / "data" / "membrane")
-    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "deploy")
-    parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser = suite_parser(__doc__, "deploy")
     parser.add_argument("--archs", nargs="+", choices=ARCHS, default=list(ARCHS))
-    parser.add_argument("--render", action="store_true", help="only rewrite the Markdown from the JSON")
     parser.add_argument("--carry-through", action="store_true",
                         help="only the interleaved predict-vs-winner check of the deploys already made")  # fmt: skip
     args = parser.parse_args()

@@ -27,7 +27,6 @@ Writes ``benchmarks/results/large_images.{json,md}``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -42,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from report import write_report  # noqa: E402
+from report import suite_parser, write_report  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 OVERLAPS = (0, 32, 64, 96, 128, 192, 256)
@@ -317,17 +316,9 @@ def to_markdown(doc: dict) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--data", type=Path, default=SHARED / "data" / "membrane")
-    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "large_images")
-    parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser = suite_parser(__doc__, "large_images")
     parser.add_argument("--quick", action="store_true", help="FCN-8s only, 3 overlaps, no 16384² image")
     parser.add_argument("--rounds", type=int, default=2, help="round-robin repetitions of the speed check")
-    parser.add_argument(
-        "--render", action="store_true", help="only rewrite the Markdown from the results JSON"
-    )
     args = parser.parse_args()
     if args.render:
         doc = json.loads((args.results / "large_images.json").read_text())

@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from fcnx.runtime.bench.machine import describe_machine
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def suite_parser(doc: str | None, suite: str) -> argparse.ArgumentParser:
+    """The flags every suite has: --data (the membrane slices), --work (runs/SUITE), --results,
+    --render (only the Markdown again, from the results JSON)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=SHARED / "data" / "membrane")
+    parser.add_argument("--work", type=Path, default=RESULTS.parents[1] / "runs" / suite)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--render", action="store_true", help="only rewrite the Markdown from the results JSON"
+    )
+    return parser
 
 
 def write_report(

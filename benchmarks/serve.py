@@ -38,7 +38,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from large_images import table  # noqa: E402
-from report import write_report  # noqa: E402
+from report import suite_parser, write_report  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 SERVER_NOTES = ("peak QPS", "no peak", "p99 bound", "peak search started", "LoadGen")
@@ -163,17 +163,11 @@ def to_markdown(doc: dict) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--data", type=Path, default=SHARED / "data" / "membrane")
-    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "serve")
-    parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser = suite_parser(__doc__, "serve")
     parser.add_argument("--max-batch", type=int, default=8, help="the server's --max-batch")
     parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds per row")
     parser.add_argument("--server", action=argparse.BooleanOptionalAction, default=True,
                         help="also LoadGen's Server peak search (long: >= 700 queries per step)")  # fmt: skip
-    parser.add_argument("--render", action="store_true", help="only rewrite the Markdown from the JSON")
     parser.add_argument("--server-only", action="store_true",
                         help="only LoadGen's Server search, added to the results JSON's other rows")  # fmt: skip
     args = parser.parse_args()

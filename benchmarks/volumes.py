@@ -29,7 +29,6 @@ has measured).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -45,7 +44,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from large_images import export_dynamic, miou, peak_rss, table  # noqa: E402
-from report import write_report  # noqa: E402
+from report import suite_parser, write_report  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 ARCH = "fcn2s"
@@ -365,12 +364,7 @@ VOLUME = ("ov-cpu int8", 64, 4096)  # model, planes, plane size
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--data", type=Path, default=SHARED / "data" / "membrane")
-    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "volumes")
-    parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser = suite_parser(__doc__, "volumes")
     parser.add_argument("--quick", action="store_true", help="the stack, 8192² on ort-cpu, 2 kills")
     parser.add_argument(
         "--parts", nargs="+", choices=PARTS, default=PARTS, help="what to measure (default: all)"
@@ -380,9 +374,6 @@ def main() -> int:
     parser.add_argument("--kills", type=int, default=5, help="random kills of the resume run (default: 5)")
     parser.add_argument("--resume-size", type=int, default=8192, choices=SIZES,
                         help="the mosaic killed and resumed (8192: ort-cpu fp32; larger: ov-cpu int8)")  # fmt: skip
-    parser.add_argument(
-        "--render", action="store_true", help="only rewrite the Markdown from the results JSON"
-    )
     args = parser.parse_args()
     results = args.results / "volumes.json"
     if args.render:

@@ -38,6 +38,9 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
-    from fcnx.runtime.serve.server import serve
-
+    argv, sys.argv = sys.argv, sys.argv[:1]  # KServe parses sys.argv when imported: none of fcnx's flags
+    try:
+        from fcnx.runtime.serve.server import serve
+    finally:
+        sys.argv = argv
     return serve(config, args.log_level)

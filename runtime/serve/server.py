@@ -16,16 +16,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import sys
 import threading
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import kserve.model_server as ks
 import orjson
 from fastapi import Request, Response
+from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady, ServerNotReady
+from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.infer_type import InferInput, InferRequest, RequestedOutput
 
 from ..card_json import one_line
 from .config import ServeConfig
@@ -35,47 +39,25 @@ logger = logging.getLogger("fcnx.serve")
 JSON_LENGTH = "inference-header-content-length"
 
 
-@contextmanager
-def _own_argv() -> Iterator[None]:
-    """kserve.model_server parses sys.argv when imported; it gets none of fcnx's flags."""
-    argv = sys.argv
-    sys.argv = argv[:1]
-    try:
-        yield
-    finally:
-        sys.argv = argv
-
-
 class _OneLineClientErrors(logging.Filter):
     """KServe logs every 400, 404 and 503 with its traceback; a bad request, an unknown model or
     a readiness probe before warm-up is expected, not a server fault: one INFO line does."""
 
     def __init__(self, *expected: type[Exception]) -> None:
         super().__init__()
-        self.invalid = expected
+        self.expected = expected
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, self.invalid):
-            record.msg, record.args, record.exc_info, record.levelno = (
-                f"bad request: {error}",
-                (),
-                None,
-                logging.INFO,
-            )
-            record.levelname = "INFO"
+        if isinstance(error, self.expected):
+            record.msg, record.args, record.exc_info = f"{type(error).__name__}: {error}", (), None
+            record.levelno, record.levelname = logging.INFO, "INFO"
             return logging.getLogger(record.name).isEnabledFor(logging.INFO)
         return True
 
 
 def serve(config: ServeConfig, log_level: str = "WARNING") -> int:
     warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")  # KServe's, not ours to fix
-    with _own_argv():
-        import kserve.model_server as ks
-        from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady, ServerNotReady
-        from kserve.protocol.dataplane import DataPlane
-        from kserve.protocol.infer_type import InferInput, InferRequest, RequestedOutput
-
     model = SegmentationModel(
         config.model_name(),
         Path(config.model),
@@ -90,7 +72,7 @@ def serve(config: ServeConfig, log_level: str = "WARNING") -> int:
 
     class ReadyDataPlane(DataPlane):
         async def ready(self) -> bool:  # the server is ready when its model is (KServe says always)
-            return model.ready and not stopping.is_set()
+            return model.ready  # stop() sets it false first
 
     class Server(ks.ModelServer):
         def stop(self, sig: int) -> None:
@@ -154,8 +136,7 @@ def serve(config: ServeConfig, log_level: str = "WARNING") -> int:
         if not model.ready:
             raise ModelNotReady(model_name)
         body = await request.body()
-        infer_request = _decode(body, request.headers.get(JSON_LENGTH), model_name,
-                                InferInput, InferRequest, RequestedOutput, InvalidInput)  # fmt: skip
+        infer_request = _decode(body, request.headers.get(JSON_LENGTH), model_name)
         headers = dict(request.headers)
         response, response_headers = await dataplane.infer(model_name, infer_request, headers)
         encoded, encoded_headers = dataplane.encode(model_name, response, headers, {})
@@ -182,9 +163,6 @@ def serve(config: ServeConfig, log_level: str = "WARNING") -> int:
             print(f"fcnx serve: {model.name} ready: {_urls(config)}", file=sys.stderr, flush=True)
         except Exception as exc:
             print(f"error: {config.model}: {one_line(exc)}", file=sys.stderr, flush=True)
-            import os
-            import signal
-
             model.error = one_line(exc)
             os.kill(os.getpid(), signal.SIGTERM)
 
@@ -205,8 +183,7 @@ def _urls(config: ServeConfig) -> str:
     return ", ".join(urls)
 
 
-def _decode(body: bytes, json_length: str | None, model_name: str, InferInput: Any, InferRequest: Any,
-            RequestedOutput: Any, InvalidInput: Any) -> Any:  # fmt: skip
+def _decode(body: bytes, json_length: str | None, model_name: str) -> InferRequest:
     """An Open Inference Protocol REST body (JSON, or JSON + binary tensors) as KServe's
     InferRequest, the binary inputs kept as bytes (NumPy reads them without a copy)."""
     try:
@@ -216,7 +193,7 @@ def _decode(body: bytes, json_length: str | None, model_name: str, InferInput: A
         request = orjson.loads(body[:size])
         if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
             raise ValueError("the JSON has no 'inputs' list")
-        inputs: list[Any] = []
+        inputs: list[InferInput] = []
         raws: list[bytes | None] = []  # each input's binary bytes, or None for JSON data
         offset = size
         for spec in request["inputs"]:
