@@ -134,7 +134,12 @@ class MaskWriter(ABC):
     ``ArrayInfo.plane_index``. ``probs``: None, or the dtype of a probabilities array
     written beside the masks ("float16" or "uint8" 0..255; the flag values "npy"/"png" of
     ``--save-probs`` mean the same). ``strip``: the column strip width of a format written
-    by columns (default ``STRIP``); formats written by rows ignore it."""
+    by columns (default ``STRIP``); formats written by rows ignore it.
+
+    ``journal=False``: a region worker's writer (runtime/predict/ray_regions.py). It writes
+    its bands' chunks, durable when ``write_band`` returns, into the output its driver
+    started (``begin``), never starts one and never records: the driver ``record``s the
+    bands a worker reports, so one process alone appends to the journal."""
 
     suffix: ClassVar[str]  # the output's file suffix
     STRIP: ClassVar[int | None] = None  # column strips of this width, or None: written by rows
@@ -152,6 +157,7 @@ class MaskWriter(ABC):
         plane_axes: str | None = None,
         plane_shape: tuple[int, ...] | None = None,
         strip: int | None = None,
+        journal: bool = True,
     ) -> None:
         if min(planes, height, width, band) < 1:
             raise ValueError(
@@ -168,6 +174,7 @@ class MaskWriter(ABC):
         self.plane_axes = plane_axes if plane_axes is not None else ("Z" if planes > 1 else "")
         self.plane_shape = plane_shape_for(planes, self.plane_axes, plane_shape)
         self.strip = self.strip_width(width, strip)
+        self.journaling = journal
         self._lock = threading.Lock()
 
     @classmethod
@@ -202,6 +209,15 @@ class MaskWriter(ABC):
     @abstractmethod
     def abort(self) -> None:
         """Stop: what is durable stays for a resume; nothing half-written counts as done."""
+
+    @abstractmethod
+    def begin(self) -> None:
+        """Start the output (its partial folder or parts) unless a killed run's is there to
+        resume: what region workers' writers write into."""
+
+    @abstractmethod
+    def record(self, bands: list[Band]) -> None:
+        """Bands a region worker made durable: recorded as done (journaled), as if written here."""
 
     # -- shared helpers -----------------------------------------------------------------
 
@@ -311,6 +327,12 @@ class BandJournal:
         self.close()
         remove_entry(self.path)
         remove_stale_temps(self.path)  # a killed ``start``'s temp
+
+
+def gone(output: Path) -> RuntimeError:
+    """What a region worker's writer (``journal=False``) says when its output was never
+    started or has been removed: the run that started it is gone."""
+    return RuntimeError(f"{output}: its partial output is not there; the run that started it is gone")
 
 
 def check_all_written(output: Path, missing: set[Band]) -> None:

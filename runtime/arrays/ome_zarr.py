@@ -109,10 +109,11 @@ class _LabelZarr(BandedZarr):
         band: int,
         strip: int,
         run_id: str,
+        journal: bool = True,
     ) -> None:
         self.shapes, self.chunks = shapes, chunks
         geometry = {"shapes": shapes, "chunks": chunks, "strip": strip, "dtype": "uint8"}
-        super().__init__(final, geometry, band, run_id)
+        super().__init__(final, geometry, band, run_id, journal)
 
     def _create(self, root: Path) -> None:
         zarr, numcodecs = require("zarr"), require("numcodecs")
@@ -158,7 +159,9 @@ class OmeZarrLabelWriter(MaskWriter):
         self.level_shapes = [(*self.plane_shape, h, w) for h, w in shapes]
         columns = chunk_columns(self.strip, CHUNK_WIDTH)
         chunks = [(*ones, min(self.band, h), min(w, columns)) for h, w in shapes]
-        self.labels = _LabelZarr(self.path, self.level_shapes, chunks, self.band, self.strip, self.run_id)
+        self.labels = _LabelZarr(
+            self.path, self.level_shapes, chunks, self.band, self.strip, self.run_id, self.journaling
+        )
         self.probs = ProbsZarrWriter.beside(self)
 
     def done(self) -> set[Band]:
@@ -175,6 +178,17 @@ class OmeZarrLabelWriter(MaskWriter):
         if self.probs is not None and probs is not None:
             self.probs.write_probs(bands, index, y0, probs, x0)
         self.labels.write(bands, index, y0, mask, x0)
+
+    def begin(self) -> None:
+        for part in self._parts():
+            part.begin()
+
+    def record(self, bands: list[Band]) -> None:
+        for part in self._parts():
+            part.record(bands)
+
+    def _parts(self) -> list[BandedZarr]:
+        return [self.labels] + ([self.probs] if self.probs is not None else [])
 
     def finish(self) -> None:
         with self._lock:

@@ -84,6 +84,15 @@ class PngPlanesWriter(MaskWriter):
         fault_point(BAND_WRITTEN, self.path)
         fault_point(BAND_DONE, self.path)
 
+    def begin(self) -> None:
+        if self.probs is not None:
+            self.probs.begin()
+
+    def record(self, bands: list[Band]) -> None:
+        """The plane files are their own record (each is written whole, atomically)."""
+        if self.probs is not None:
+            self.probs.record(bands)
+
     def finish(self) -> None:
         missing = [f for f in self.files if not f.is_file()]
         if missing:

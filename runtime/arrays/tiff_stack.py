@@ -37,6 +37,7 @@ from .band_writer import (
     check_all_written,
     fault_point,
     fsync_path,
+    gone,
     require,
 )
 from .zarr_bands import ProbsZarrWriter
@@ -145,6 +146,8 @@ class TiffStackWriter(MaskWriter):
             self.probs.write_probs(bands, self.plane_index(plane), y0, probs)
         with self._lock:
             if not self.started:
+                if not self.journaling:
+                    raise gone(self.path)
                 self._start()
         for p, y, _ in bands:
             rows = np.ascontiguousarray(mask[y - y0 : y - y0 + self.band])
@@ -154,6 +157,20 @@ class TiffStackWriter(MaskWriter):
         with self._lock:
             self.recorded.update(bands)
         fault_point(BAND_DONE, self.path)
+
+    def begin(self) -> None:
+        with self._lock:
+            if not self.started:
+                self._start()
+        if self.probs is not None:
+            self.probs.begin()
+
+    def record(self, bands: list[Band]) -> None:
+        """The parts are their own record (a part file exists whole or not at all)."""
+        with self._lock:
+            self.recorded.update(bands)
+        if self.probs is not None:
+            self.probs.record(bands)
 
     def finish(self) -> None:
         with self._lock:

@@ -30,6 +30,7 @@ from .band_writer import (
     fault_point,
     fsync_path,
     fsync_tree,
+    gone,
     probs_path,
     require,
 )
@@ -56,8 +57,11 @@ class BandedZarr(ABC):
 
     LEVEL0 = ""  # the bands' array, relative to the root
 
-    def __init__(self, final: Path, geometry: dict[str, Any], band: int, run_id: str) -> None:
+    def __init__(
+        self, final: Path, geometry: dict[str, Any], band: int, run_id: str, journal: bool = True
+    ) -> None:
         self.final = final
+        self.journaling = journal  # False: a region worker's (see MaskWriter), the driver journals
         self.partial = partial_path(final)
         self.band = band
         self.run_id = run_id
@@ -87,6 +91,18 @@ class BandedZarr(ABC):
         fsync_tree(self.partial, self.partial.parent)
         self.journal.start()
         self.started, self.complete, self.recorded = True, False, set()
+
+    def begin(self) -> None:
+        """The partial output exists (a resumable one is kept)."""
+        with self._lock:
+            if not self.started:
+                self._start()
+
+    def record(self, bands: list[Band]) -> None:
+        """Journal bands whose chunks a region worker made durable."""
+        with self._lock:
+            self.journal.append(bands)
+            self.recorded.update(bands)
 
     def array(self) -> Any:
         if self._array is None:
@@ -120,6 +136,8 @@ class BandedZarr(ABC):
         durable, then journaled as ``bands``."""
         with self._lock:
             if not self.started:
+                if not self.journaling:
+                    raise gone(self.final)
                 self._start()
             array = self.array()
         rows, columns = (y0, y0 + len(data)), (x0, x0 + data.shape[1])
@@ -132,7 +150,8 @@ class BandedZarr(ABC):
             fsync_tree(entry, self.partial)
         fault_point(BAND_WRITTEN, self.final)
         with self._lock:
-            self.journal.append(bands)
+            if self.journaling:
+                self.journal.append(bands)
             self.recorded.update(bands)
         fault_point(BAND_DONE, self.final)
 
@@ -195,6 +214,7 @@ class ProbsZarrWriter(BandedZarr):
         plane_axes: str,
         run_id: str = "",
         strip: int | None = None,
+        journal: bool = True,
     ) -> None:
         itemsize = np.dtype(dtype).itemsize
         limit = max(256, PROBS_CHUNK_BYTES // (band * channels * itemsize))
@@ -203,7 +223,7 @@ class ProbsZarrWriter(BandedZarr):
         self.chunk = (*(1 for _ in plane_shape), min(band, height), min(width, columns), channels)
         self.dtype, self.card, self.plane_axes = dtype, card, plane_axes
         geometry = {"shape": self.shape, "chunks": self.chunk, "strip": strip or width, "dtype": dtype}
-        super().__init__(Path(path), geometry, band, run_id)
+        super().__init__(Path(path), geometry, band, run_id, journal)
 
     @classmethod
     def beside(cls, masks: MaskWriter) -> ProbsZarrWriter | None:
@@ -222,6 +242,7 @@ class ProbsZarrWriter(BandedZarr):
             masks.plane_axes,
             masks.run_id,
             masks.strip,
+            masks.journaling,
         )
 
     def _create(self, root: Path) -> None:

@@ -88,16 +88,19 @@ class Bands:
 
 class BandWrites:
     """A writer's ``write_band`` on one thread, at most ``WRITES_IN_FLIGHT`` bands waiting:
-    the model does not wait for compression and fsyncs, and memory stays bounded."""
+    the model does not wait for compression and fsyncs, and memory stays bounded.
+    ``before_write()`` runs before each band is handed on (it may raise to stop the run)."""
 
-    def __init__(self, writer: MaskWriter) -> None:
-        self.writer = writer
+    def __init__(self, writer: MaskWriter, before_write: Callable[[], None] | None = None) -> None:
+        self.writer, self.before_write = writer, before_write
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="fcnx-band")
         self._waiting: deque[Future[None]] = deque()
 
     def __call__(self, plane: int, y0: int, x0: int, mask: np.ndarray, probs: np.ndarray | None) -> None:
         while len(self._waiting) >= WRITES_IN_FLIGHT:
             self._waiting.popleft().result()
+        if self.before_write is not None:
+            self.before_write()
         mask = np.ascontiguousarray(mask)  # a strip of whole-plane rows: its own copy, not a view
         probs = None if probs is None else np.ascontiguousarray(probs)
         self._waiting.append(self._pool.submit(self.writer.write_band, plane, y0, mask, probs, x0))

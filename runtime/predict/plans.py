@@ -59,7 +59,8 @@ class Windowed:
     """One plane of an array input too large to hold, run as the tiles of ``grid``: each
     row of tiles is read from ``source`` when it is needed (with its mirror-filled
     overlap), and finished rows go to ``emit`` as they are final, so nothing plane-sized
-    is ever in memory. ``start_row``: the first tile row to run (a resumed plane)."""
+    is ever in memory. ``start_row``: the first tile row to run (a resumed plane);
+    ``end_row``: the tile row to stop before (a region of rows; None: the last)."""
 
     source: ArraySource
     plane: int
@@ -69,6 +70,7 @@ class Windowed:
     start_row: int = 0
     intensity: str = "full"  # how a 16-bit array maps to 8 bits (a window has no whole-plane histogram)
     note: Note | None = None  # gets the mapping's warnings (intensity.py)
+    end_row: int | None = None
 
     @property
     def size(self) -> tuple[int, int]:

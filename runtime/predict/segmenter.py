@@ -184,12 +184,13 @@ class Segmenter:
         intensity: str | None = None,
         note: Note | None = None,
         columns: tuple[int, int] | None = None,
+        to_row: int | None = None,
     ) -> Windowed:
         """Plane ``plane`` of ``source`` (or its column strip ``columns``) read by windows,
-        its finished rows to ``emit``, from row ``from_row`` on (windows.py)."""
+        its finished rows to ``emit``, from row ``from_row`` on (up to ``to_row``; windows.py)."""
         tiling, stitched = (self.tile, self.overlap), not self.has_probs
         return plan_window(
-            source, plane, emit, tiling, self.card, stitched, from_row, intensity, note, columns
+            source, plane, emit, tiling, self.card, stitched, from_row, intensity, note, columns, to_row
         )
 
     def pieces(self, plan: Plan) -> Iterator[np.ndarray]:
@@ -213,8 +214,10 @@ class Segmenter:
         blender = None
         if isinstance(plan, Tiled | Windowed):
             classes = self.card_classes if self.has_probs else 0
-            emit, start = (plan.emit, plan.start_row) if isinstance(plan, Windowed) else (None, 0)
-            blender = Blender(plan.grid, classes, len(self.passes), probs, probs_dtype, emit, start)
+            emit, start, end = (
+                (plan.emit, plan.start_row, plan.end_row) if isinstance(plan, Windowed) else (None, 0, None)
+            )
+            blender = Blender(plan.grid, classes, len(self.passes), probs, probs_dtype, emit, start, end)
         return _Image(key, plan, blender)
 
     @property

@@ -206,7 +206,9 @@ class Blender:
     input's writer takes it from there). ``start_row``: begin at that tile row (a
     resumed run): the first rows it emits are then exactly those of an uninterrupted
     run from that row's origin on, provided no earlier tile row reaches them, which
-    ``first_tile_row`` guarantees."""
+    ``first_tile_row`` guarantees. ``end_row``: stop after the tile rows before it (a
+    region of rows, ``end_tile_row``); every row above that tile row's origin is then final
+    and emitted, exactly as an uninterrupted run gives it."""
 
     def __init__(
         self,
@@ -217,8 +219,10 @@ class Blender:
         dtype: type[np.floating[Any]] | np.dtype[Any] = np.float32,
         emit: Rows | None = None,
         start_row: int = 0,
+        end_row: int | None = None,
     ) -> None:
         self.grid = grid
+        self.end_row = len(grid.rows) if end_row is None else end_row
         self.classes = classes
         self.passes = passes
         self.emit = emit
@@ -252,7 +256,7 @@ class Blender:
 
     @property
     def done(self) -> bool:
-        return self._row == len(self.grid.rows)
+        return self._row >= self.end_row
 
     def add(self, output: np.ndarray) -> None:
         """The next tile's output: (th, tw, K) float probabilities, or (th, tw) uint8 mask."""
@@ -306,7 +310,7 @@ class Blender:
                 self.mask[self._top : end] = mask
                 if self.probs is not None:
                     self.probs[self._top : end] = probs
-        if last:
+        if last or self._row >= self.end_row:
             del self._acc, self._weight
             return
         shift = g.rows[self._row] - self._top
@@ -327,6 +331,17 @@ def first_tile_row(grid: TileGrid, row: int, stitched: bool) -> int:
             if grid.own(grid.rows, r, grid.tile[0], grid.size[0])[1] > row:
                 return r
         elif origin + grid.tile[0] > row:
+            return r
+    return len(grid.rows)
+
+
+def end_tile_row(grid: TileGrid, row: int, stitched: bool) -> int:
+    """The tile rows a run needs for image rows up to ``row`` (exclusive): those whose
+    output reaches above ``row``. After them every row above ``row`` is final, with exactly
+    the tiles (in the same order) an uninterrupted run gives it: a region of rows ends there."""
+    for r in range(len(grid.rows)):
+        start = grid.own(grid.rows, r, grid.tile[0], grid.size[0])[0] if stitched else grid.rows[r]
+        if start >= row:
             return r
     return len(grid.rows)
 

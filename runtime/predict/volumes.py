@@ -37,6 +37,7 @@ import numpy as np
 from ..arrays.band_writer import Band
 from ..arrays.source import ArrayInfo, ArraySource
 from ..arrays.writers import OUTPUT_FORMATS, MaskWriter, mask_files, output_path, probs_path
+from ..card import ModelCard
 from ..images import Header, to_uint8
 from ..intensity import Note
 from ..names import shown
@@ -45,6 +46,7 @@ from .config import PredictConfig
 from .inputs import InputFile
 from .memory import available_bytes, describe, image_bytes, window_bytes
 from .plans import Output, Plan
+from .regions import Region, plan_regions
 from .segmenter import Segmenter
 
 WHOLE_PLANE_PIXELS = 4096 * 4096  # planes up to this are read whole (an image file's path)
@@ -114,7 +116,10 @@ def admit(segmenter: Segmenter, info: ArrayInfo, probs: bool, strip: int) -> Non
 
 
 class ArrayRun:
-    """Segment one array input into its writer (see the module's doc)."""
+    """Segment one array input into its writer (see the module's doc), or some of its
+    regions (regions.py: what a Ray worker runs). ``by_windows``: how its planes are read
+    (default: by their size); ``before_write``: called before each band is written (a Ray
+    worker checks there that its run still owns the output)."""
 
     def __init__(
         self,
@@ -124,48 +129,53 @@ class ArrayRun:
         writer: MaskWriter,
         pieces: Callable[[int], None] | None,
         note: Note | None,
+        by_windows: bool | None = None,
+        before_write: Callable[[], None] | None = None,
     ) -> None:
         self.config, self.segmenter, self.source, self.writer = config, segmenter, source, writer
         self.pieces, self.note = pieces, note
         self.info = source.info
+        self.windowed = by_windows if by_windows is not None else windowed(self.info)
+        self.before_write = before_write
         self.intensity = config.intensity_for(segmenter.card)
         self.probs = bool(config.save_probs)
         self.failed: dict[int, str] = {}  # plane -> why
-
-    @property
-    def windowed(self) -> bool:
-        return windowed(self.info)
 
     def where(self, plane: int) -> str:
         label = self.info.plane_label(plane)
         return f"{label}: " if label else ""
 
-    def run(self) -> None:
+    def regions(self, workers: int = 0, region_pixels: int | None = None) -> list[Region]:
+        """This input's regions (regions.py); ``workers=0``: the local run's, a whole plane's
+        strip or all planes at once."""
+        info, writer = self.info, self.writer
+        return plan_regions(
+            info.planes, info.height, info.width, writer.band, writer.strip, self.windowed, workers,
+            region_pixels,
+        )  # fmt: skip
+
+    def run(self, regions: list[Region] | None = None) -> None:
+        """Segment ``regions`` (default: all of them), each from its first band not yet done."""
         done = self.writer.done()
-        todo = [p for p in range(self.info.planes) if any(b not in done for b in self._bands(p, None))]
-        writes = BandWrites(self.writer)
+        writes = BandWrites(self.writer, self.before_write)
         finished = False
         try:
-            if not self.windowed:
-                self._whole_planes(todo, done, writes)
-            else:
-                for plane in todo:
-                    self._windowed_plane(plane, done, writes)
+            for region in self.regions() if regions is None else regions:
+                self._region(region, done, writes)
             writes.drain()
             finished = True
         finally:
             writes.close(wait=finished)
 
-    def _bands(self, plane: int, x0: int | None) -> list[Band]:
-        """The bands of ``plane`` (of its strip at column ``x0``; None: of every strip)."""
-        xs = self.writer.column_starts() if x0 is None else [x0]
-        return [(plane, y, x) for y in range(0, self.info.height, self.writer.band) for x in xs]
-
-    def _bands_of(
-        self, plane: int, done: set[Band], writes: BandWrites, columns: tuple[int, int] | None = None
-    ) -> Bands:
-        columns = columns or (0, self.info.width)
-        return Bands(plane, self.info.height, self.writer.band, done, writes, columns, self.writer.strip)
+    def _region(self, region: Region, done: set[Band], writes: BandWrites) -> None:
+        band, strip = self.writer.band, self.writer.strip
+        missing = [b for b in region.bands(band, strip) if b not in done]
+        if not missing:
+            return
+        if not self.windowed:
+            self._whole_planes(sorted({p for p, _, _ in missing}), done, writes)
+        elif region.planes[0] not in self.failed:  # a plane that failed in one strip fails whole
+            self._windowed_rows(region, min(y for _, y, _ in missing), done, writes)
 
     def _whole_planes(self, planes: list[int], done: set[Band], writes: BandWrites) -> None:
         """Planes read whole, one read ahead on a thread, sharing the model's batches."""
@@ -195,45 +205,77 @@ class ArrayRun:
                         yield plane, plan
 
         stream = self.segmenter.stream(items(), self.probs, np.float16, self.pieces)
+        columns = (0, self.info.width)
         for plane, _, result in stream:
             if isinstance(result, Exception):
                 self.failed[plane] = _describe(result)
                 continue
             assert isinstance(result, Output)
-            bands = self._bands_of(plane, done, writes)
+            bands = Bands(plane, self.info.height, self.writer.band, done, writes, columns, self.writer.strip)
             bands.rows(0, result.mask, result.probs)
 
-    def _windowed_plane(self, plane: int, done: set[Band], writes: BandWrites) -> None:
-        """One plane too large to hold, by rows of tiles, strip by strip; each strip from its
-        first band not yet done."""
-        width, strip = self.info.width, self.writer.strip
+    def _windowed_rows(self, region: Region, from_row: int, done: set[Band], writes: BandWrites) -> None:
+        """Rows ``from_row ..`` of a region of a plane too large to hold (a column strip of
+        it, or all its columns), by rows of tiles: only the tile rows reaching into them run."""
+        plane, (_, to_row), columns = region.planes[0], region.rows, region.columns
+        height, width = self.info.height, self.info.width
         try:
-            for x0 in self.writer.column_starts():
-                missing = [y for p, y, x in self._bands(plane, x0) if (p, y, x) not in done]
-                if not missing:
-                    continue
-                columns = (x0, min(width, x0 + strip))
-                bands = self._bands_of(plane, done, writes, columns)
-                plan = self.segmenter.plan_window(
-                    self.source,
-                    plane,
-                    bands.rows,
-                    missing[0],
-                    self.intensity,
-                    self.note,
-                    columns if columns != (0, width) else None,
-                )
-                for _, _, result in self.segmenter.stream(
-                    [(plane, plan)], self.probs, np.float16, self.pieces
-                ):
-                    if isinstance(result, Exception):
-                        raise result
-                if not bands.complete:
-                    raise RuntimeError(f"plane {plane}: the tiles ended before the plane's last row")
+            bands = Bands(plane, to_row, self.writer.band, done, writes, columns, self.writer.strip)
+            plan = self.segmenter.plan_window(
+                self.source,
+                plane,
+                bands.rows,
+                from_row,
+                self.intensity,
+                self.note,
+                columns if columns != (0, width) else None,
+                to_row if to_row < height else None,
+            )
+            for _, _, result in self.segmenter.stream([(plane, plan)], self.probs, np.float16, self.pieces):
+                if isinstance(result, Exception):
+                    raise result
+            if not bands.complete:
+                raise RuntimeError(f"plane {plane}: the tiles ended before row {to_row}")
         except (KeyboardInterrupt, MemoryError):
             raise
         except Exception as exc:  # a window that cannot be read or run: this plane fails
-            self.failed[plane] = _describe(exc)
+            self.failed.setdefault(plane, _describe(exc))
+
+
+def make_writer(
+    plan: ArrayPlan,
+    info: ArrayInfo,
+    card: ModelCard,
+    save_probs: str | None,
+    run_id: str,
+    band: int | None = None,
+    strip: int | None = None,
+    journal: bool = True,
+) -> MaskWriter:
+    """The writer of an array input's masks (its format's, at ``plan.target``). A Ray
+    worker's (``journal=False``) writes its region's chunks into the output its driver
+    started and leaves the journal to the driver."""
+    return OUTPUT_FORMATS[plan.format](
+        plan.target,
+        info.planes,
+        info.height,
+        info.width,
+        band or BAND_ROWS,
+        card,
+        probs="float16" if save_probs == "npy" else "uint8" if save_probs else None,
+        run_id=run_id,
+        plane_axes=info.plane_axes,
+        plane_shape=tuple(info.shape[info.axes.index(a)] for a in info.plane_axes),
+        strip=strip,
+        journal=journal,
+    )
+
+
+def failure_line(run: ArrayRun) -> str:
+    """The one line an input with failed planes is reported with: the first, and how many."""
+    plane = min(run.failed)
+    more = f" ({len(run.failed)} of {run.info.planes} planes failed)" if len(run.failed) > 1 else ""
+    return f"{run.where(plane)}{run.failed[plane]}{more}"
 
 
 def segment_array(
@@ -264,18 +306,7 @@ def segment_array(
             report(item.path, "read", _describe(exc))
             return
         try:
-            writer = OUTPUT_FORMATS[plan.format](
-                plan.target,
-                info.planes,
-                info.height,
-                info.width,
-                BAND_ROWS,
-                segmenter.card,
-                probs="float16" if config.save_probs == "npy" else "uint8" if config.save_probs else None,
-                run_id=run_id,
-                plane_axes=info.plane_axes,
-                plane_shape=tuple(info.shape[info.axes.index(a)] for a in info.plane_axes),
-            )
+            writer = make_writer(plan, info, segmenter.card, config.save_probs, run_id)
         except Exception as exc:
             report(item.path, "write", _describe(exc))
             return
@@ -284,9 +315,7 @@ def segment_array(
         try:
             run.run()
             if run.failed:
-                plane = min(run.failed)
-                more = f" ({len(run.failed)} of {info.planes} planes failed)" if len(run.failed) > 1 else ""
-                report(item.path, "read", f"{run.where(plane)}{run.failed[plane]}{more}")
+                report(item.path, "read", failure_line(run))
                 return
             writer.finish()
             finished = True

@@ -21,7 +21,7 @@ from ..card import ModelCard
 from ..images import to_channels, to_uint8
 from ..intensity import Note
 from .plans import Windowed
-from .tiling import Rows, TileGrid, first_tile_row, flip, mirror_indices
+from .tiling import Rows, TileGrid, end_tile_row, first_tile_row, flip, mirror_indices
 
 
 def plan_window(
@@ -35,12 +35,14 @@ def plan_window(
     intensity: str | None = None,
     note: Note | None = None,
     columns: tuple[int, int] | None = None,
+    to_row: int | None = None,
 ) -> Windowed:
     """Plane ``plane`` of ``source`` as tiles read by rows of tiles, its finished rows going
     to ``emit(y0, mask, probs)``; ``from_row``: resume there (rows above it are not emitted
     again, tile rows that cannot reach it are not run). ``intensity``: the 16-bit mapping
     (default the card's), ``note`` gets its warnings. ``columns``: only the strip x0..x1
-    of the plane (its rows are what ``emit`` gets). ``tiling``: the Segmenter's tile and
+    of the plane (its rows are what ``emit`` gets). ``to_row``: stop there (a region of
+    rows ``from_row .. to_row``: only the tile rows reaching into it run). ``tiling``: the Segmenter's tile and
     overlap; ``stitched``: a mask-only model (tiles stitched, not blended)."""
     info, (tile, overlap) = source.info, tiling
     intensity = intensity or card.intensity
@@ -62,14 +64,17 @@ def plan_window(
     if columns is not None:
         grid = grid.strip(*columns)
     start = first_tile_row(grid, from_row, stitched)
+    end = None if to_row is None else end_tile_row(grid, to_row, stitched)
+    stop = info.height if to_row is None else to_row
 
-    def emit_from(y0: int, mask: np.ndarray, probs: np.ndarray | None) -> None:
-        if y0 + len(mask) > from_row:  # rows a resumed run already has are not written again
-            cut = max(0, from_row - y0)
-            emit(y0 + cut, mask[cut:], None if probs is None else probs[cut:])
+    def emit_between(y0: int, mask: np.ndarray, probs: np.ndarray | None) -> None:
+        # rows a resumed run already has, and rows past the region, are not written
+        lo, hi = max(0, from_row - y0), min(len(mask), stop - y0)
+        if hi > lo:
+            emit(y0 + lo, mask[lo:hi], None if probs is None else probs[lo:hi])
 
-    emit_rows = emit_from if from_row else emit
-    return Windowed(source, plane, grid, card.input_channels, emit_rows, start, intensity, note)
+    emit_rows = emit_between if from_row or to_row is not None else emit
+    return Windowed(source, plane, grid, card.input_channels, emit_rows, start, intensity, note, end)
 
 
 def window_columns(grid: TileGrid) -> tuple[int, int]:
@@ -100,13 +105,14 @@ def window_pieces(
     with ThreadPoolExecutor(1, thread_name_prefix="fcnx-window") as reader:
         ahead = (
             reader.submit(window_rows, plan, plan.start_row, channels)
-            if plan.start_row < len(g.rows)
+            if plan.start_row < (len(g.rows) if plan.end_row is None else plan.end_row)
             else None
         )
-        for r in range(plan.start_row, len(g.rows)):
+        end = len(g.rows) if plan.end_row is None else plan.end_row
+        for r in range(plan.start_row, end):
             assert ahead is not None
             band = ahead.result()
-            ahead = reader.submit(window_rows, plan, r + 1, channels) if r + 1 < len(g.rows) else None
+            ahead = reader.submit(window_rows, plan, r + 1, channels) if r + 1 < end else None
             (w, tw), left = (g.size[1], g.tile[1]), g.cols[0]  # left: the band's first column
             for x in g.cols:  # past the right edge: mirror-filled from columns the band holds
                 inside = x + tw <= w
