@@ -9,6 +9,7 @@ and memory stays bounded.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -95,6 +96,7 @@ class BandWrites:
         self.writer, self.before_write = writer, before_write
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="fcnx-band")
         self._waiting: deque[Future[None]] = deque()
+        self.seconds = 0.0  # spent in write_band (on the writer thread)
 
     def __call__(self, plane: int, y0: int, x0: int, mask: np.ndarray, probs: np.ndarray | None) -> None:
         while len(self._waiting) >= WRITES_IN_FLIGHT:
@@ -103,7 +105,12 @@ class BandWrites:
             self.before_write()
         mask = np.ascontiguousarray(mask)  # a strip of whole-plane rows: its own copy, not a view
         probs = None if probs is None else np.ascontiguousarray(probs)
-        self._waiting.append(self._pool.submit(self.writer.write_band, plane, y0, mask, probs, x0))
+        self._waiting.append(self._pool.submit(self._write, plane, y0, mask, probs, x0))
+
+    def _write(self, plane: int, y0: int, mask: np.ndarray, probs: np.ndarray | None, x0: int) -> None:
+        started = time.perf_counter()
+        self.writer.write_band(plane, y0, mask, probs, x0)
+        self.seconds += time.perf_counter() - started
 
     def drain(self) -> None:
         while self._waiting:

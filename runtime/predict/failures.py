@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..atomic import atomic_path
 from ..images import ImageError
@@ -30,8 +31,13 @@ class FailureLog:
         self._file = open(self._tmp, "w", encoding="utf-8")  # noqa: SIM115 (closed in close())
         self.count = 0
 
-    def record(self, path: str, stage: str, reason: str) -> None:
-        self._file.write(json.dumps({"path": path, "stage": stage, "reason": reason}) + "\n")
+    def record(self, path: str, stage: str, reason: str, regions: list[dict[str, Any]] | None = None) -> None:
+        """One failed input; ``regions``: the bounds and reason of each of its regions that
+        failed (``fcnx predict --ray`` over an array input)."""
+        line: dict[str, Any] = {"path": path, "stage": stage, "reason": reason}
+        if regions:
+            line["regions"] = regions
+        self._file.write(json.dumps(line) + "\n")
         self._file.flush()
         self.count += 1
 

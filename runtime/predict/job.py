@@ -193,11 +193,6 @@ def predict_folder(config: PredictConfig, backend: Backend | None = None) -> dic
         check_batch(segmenter)  # once, up front: not the same failure for every image
         classes = segmenter.card_classes
         arrays = [item for item in inputs.files if item.array]
-        if arrays and config.ray:
-            raise ValueError(
-                f"{shown(arrays[0].path)}: stacks, volumes and huge images run on this machine only "
-                "(runtime/arrays); leave --ray out for them"
-            )
         unopened: list[tuple[InputFile, str]] = []  # array inputs that cannot be opened
         array_plans = plan_arrays(config, out, arrays, lambda item, why: unopened.append((item, why)))
         planned: list[Task] = [
@@ -228,10 +223,12 @@ def predict_folder(config: PredictConfig, backend: Backend | None = None) -> dic
             record_outputs(out, [p for _, paths in tasks for p in paths])  # before any is written
             progress = Progress(len(tasks), config.progress)  # the bar's rate counts real work only
 
-            def report(path: str, stage: str, error: str) -> None:
+            def report(
+                path: str, stage: str, error: str, regions: list[dict[str, Any]] | None = None
+            ) -> None:
                 if error:
                     counts.failed += 1
-                    failures.record(path, stage, error)
+                    failures.record(path, stage, error, regions)
                 else:
                     counts.written += 1
                 progress.update(counts.failed)
@@ -250,13 +247,14 @@ def predict_folder(config: PredictConfig, backend: Backend | None = None) -> dic
             run_started = time.perf_counter()
             interruption: KeyboardInterrupt | None = None  # Ctrl-C, or the CLI's SIGTERM
             try:
+                if not resume:  # --overwrite computes array outputs again, as it does image files
+                    for plan in array_tasks:
+                        remove_outputs([*plan.outputs, plan.target])
                 if config.ray:
-                    run_on_ray(config, segmenter, tasks, report, run, lock.run_id, notes)
+                    run_on_ray(config, segmenter, image_tasks, report, run, lock.run_id, notes, array_tasks)
                 else:
                     run_local(config, segmenter, image_tasks, report, lock.run_id, progress.pieces, notes)
                     for plan in array_tasks:
-                        if not resume:  # --overwrite computes them again, as it does image files
-                            remove_outputs([*plan.outputs, plan.target])
                         segment_array(config, segmenter, plan, report, lock.run_id, progress.pieces, notes)
             except KeyboardInterrupt as exc:
                 interruption = exc

@@ -58,6 +58,17 @@ class OutputLock:
         self._lock.release()
 
 
+def check_owner(out: Path, run_id: str) -> None:
+    """A RuntimeError unless the run ``run_id`` still holds ``out``: a Ray worker checks
+    before each band it writes, so a worker of a killed driver never writes into a rerun's output."""
+    try:
+        owner = json.loads((out / OWNER_NAME).read_text(encoding="utf-8")).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        owner = None
+    if owner != run_id:
+        raise RuntimeError(f"{out} is no longer held by run {run_id} (its driver is gone); this region stops")
+
+
 def _owner(out: Path) -> str:
     try:
         owner = json.loads((out / OWNER_NAME).read_text(encoding="utf-8"))

@@ -8,7 +8,8 @@
 
 The same reading, preparing, inference, restoring and writing code as a local
 ``fcnx predict`` runs in every stage, so the outputs are byte-identical; only the
-scheduling is Ray's. Ray is imported only when a Ray function runs (``pip install
+scheduling is Ray's. Stacks, volumes and huge images go by regions instead
+(ray_regions.py): no pixels through the object store. Ray is imported only when a Ray function runs (``pip install
 "fcnx[ray]"``). On a multi-node cluster, the inputs, the model and OUT must be on a
 filesystem every node sees, and fcnx must be installed on every node.
 
@@ -49,7 +50,9 @@ from .failures import Report, describe_error
 from .inputs import Task
 from .outputs import output_paths, write_outputs
 from .plans import Plan
+from .ray_regions import run_regions
 from .segmenter import Segmenter
+from .volumes import ArrayPlan
 
 __all__ = ["SegmentationPredictor", "read_images", "run_on_ray", "write_masks"]
 
@@ -264,14 +267,15 @@ def run_on_ray(
     run: dict[str, Any],
     run_id: str = "",
     notes: Note | None = None,
+    arrays: list[ArrayPlan] | None = None,
 ) -> None:
     """The Ray runner of a predict job (job.py plans it, claims OUT and writes the summary):
-    the planned tasks through a Ray Data pipeline, each file's outcome to ``report``, the
-    16-bit mapping's remarks about an image to ``notes``, and what the summary says about
-    the cluster into ``run``."""
+    the planned image files through a Ray Data pipeline, the array inputs (``arrays``) by
+    regions on actors (ray_regions.py), each input's outcome to ``report``, the 16-bit
+    mapping's remarks to ``notes``, and what the summary says about the cluster into ``run``."""
     ray = import_ray()
     run.update(backend="ray", provider="-", backend_notes=[])
-    if not tasks:
+    if not tasks and not arrays:
         return
     run_started = time.perf_counter()
     started_ray = _start(ray, config)
@@ -290,6 +294,10 @@ def run_on_ray(
             "seconds_to_first_result": None,
         }
         _check_fits(config, cpus, cluster)
+        if arrays:
+            run_regions(ray, config, segmenter, arrays, report, run, run_id, cpus, notes)
+        if not tasks:
+            return
         ray.data.DataContext.get_current().enable_progress_bars = False  # fcnx shows its own
         logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "bars disabled"
         # Workers get absolute paths (their working folder is not ours); reports keep the user's.

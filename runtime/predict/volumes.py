@@ -140,6 +140,7 @@ class ArrayRun:
         self.intensity = config.intensity_for(segmenter.card)
         self.probs = bool(config.save_probs)
         self.failed: dict[int, str] = {}  # plane -> why
+        self.write_seconds = 0.0  # spent writing bands (on the writer thread)
 
     def where(self, plane: int) -> str:
         label = self.info.plane_label(plane)
@@ -166,6 +167,7 @@ class ArrayRun:
             finished = True
         finally:
             writes.close(wait=finished)
+            self.write_seconds += writes.seconds
 
     def _region(self, region: Region, done: set[Band], writes: BandWrites) -> None:
         band, strip = self.writer.band, self.writer.strip
