@@ -85,7 +85,9 @@ def test_regions_on_two_workers_equal_the_local_run_byte_for_byte(
     assert stats["cost"]["pixels"] == 2 * 300 * 270 and stats["cost"]["pixels_read"] > stats["cost"]["pixels"]
     assert _arrays(tmp_path / "ray" / "big.zarr") == _arrays(tmp_path / "local" / "big.zarr")
     assert _arrays(tmp_path / "ray" / "big.probs.zarr") == _arrays(tmp_path / "local" / "big.probs.zarr")
-    assert not [p.name for p in (tmp_path / "ray").iterdir() if p.name.startswith(".big")]  # nothing left over
+    assert not [
+        p.name for p in (tmp_path / "ray").iterdir() if p.name.startswith(".big")
+    ]  # nothing left over
 
 
 def test_a_tiff_stack_spreads_its_planes_over_workers_to_the_local_bytes(
@@ -108,7 +110,7 @@ def test_a_poisoned_region_fails_alone_with_its_bounds_and_a_rerun_finishes_it(
     cluster: None, tiny_onnx_dynamic: Path, tmp_path: Path
 ) -> None:
     _volume(tmp_path / "vol.zarr", 6, 128, 128)
-    local = predict_folder(_config(tiny_onnx_dynamic, [tmp_path / "vol.zarr"], tmp_path / "local"))
+    predict_folder(_config(tiny_onnx_dynamic, [tmp_path / "vol.zarr"], tmp_path / "local"))
     chunk = tmp_path / "vol.zarr" / "3.1.0"  # plane 3, a chunk in its second row of chunks
     good = chunk.read_bytes()
     chunk.write_bytes(b"not a blosc chunk")

@@ -105,7 +105,9 @@ class ContextBackend(FakeBackend):
         sums = pad.cumsum(1).cumsum(2)
         sums = np.pad(sums, ((0, 0), (1, 0), (1, 0)))
         h, w = x.shape[1:]
-        box = (sums[:, 9 : 9 + h, 9 : 9 + w] - sums[:, :h, 9 : 9 + w] - sums[:, 9 : 9 + h, :w] + sums[:, :h, :w]) / 81
+        box = (
+            sums[:, 9 : 9 + h, 9 : 9 + w] - sums[:, :h, 9 : 9 + w] - sums[:, 9 : 9 + h, :w] + sums[:, :h, :w]
+        ) / 81
         p = box[..., None]
         return {"probs": np.concatenate([1 - p, p], axis=-1), "mask": (box > 0.5).astype(np.uint8)}
 
@@ -173,7 +175,9 @@ def test_regions_blend_at_their_borders_exactly_as_the_local_run_and_a_rerun_reg
                 again_writer = _writer(tmp_path / "regions.zarr", card, journal=False)
                 ArrayRun(config, segmenter, source, again_writer, None, None, True).run([region])
                 again = _chunks(partial)
-                assert {k: v[0] for k, v in again.items()} == {k: v[0] for k, v in first.items()}  # same bytes
+                assert {k: v[0] for k, v in again.items()} == {
+                    k: v[0] for k, v in first.items()
+                }  # same bytes
                 others = {k: v[1] for k, v in first.items() if k not in own}
                 assert others == {k: v[1] for k, v in again.items() if k not in own}  # no other chunk touched
             driver.record(sorted(made))
