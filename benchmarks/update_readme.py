@@ -1,6 +1,7 @@
-"""Put the benchmark results into README.md: every table between
-``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` is replaced by
-``benchmarks/results/NAME.md``. The README's numbers are never typed by hand.
+"""Put the benchmark results into README.md and the documentation's pages (docs/**/*.md):
+every table between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` is replaced by
+``benchmarks/results/NAME.md``. Their numbers are never typed by hand. (The site's build
+does the same, docs/hooks/results.py, so the site is current even before this runs.)
 
     python benchmarks/update_readme.py
 """
@@ -30,10 +31,14 @@ def update(readme: str) -> tuple[str, list[str]]:
 
 
 def main() -> int:
-    path = ROOT / "README.md"
-    text, missing = update(path.read_text())
-    path.write_text(text)
-    for name in missing:
+    missing: set[str] = set()
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        before = path.read_text()
+        text, lacking = update(before)
+        if text != before:
+            path.write_text(text)
+        missing.update(lacking)
+    for name in sorted(missing):
         print(f"no results yet: {name} (run its benchmark)", file=sys.stderr)
     return 1 if missing else 0
 
