@@ -295,7 +295,7 @@ def run_on_ray(
         }
         _check_fits(config, cpus, cluster)
         if arrays:
-            run_regions(ray, config, segmenter, arrays, report, run, run_id, cpus, notes)
+            run_regions(ray, config, segmenter, arrays, report, run, run_id, cpus, notes, run_started)
         if not tasks:
             return
         ray.data.DataContext.get_current().enable_progress_bars = False  # fcnx shows its own

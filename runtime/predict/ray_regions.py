@@ -188,10 +188,13 @@ def run_regions(
     run_id: str,
     cpus: float,
     notes: Note | None = None,
+    started: float | None = None,
 ) -> None:
     """The array inputs of a ``--ray`` job, region by region on ``config.workers`` actors
     (``cpus`` CPUs each); each input's outcome to ``report``, the regions' counts and
-    costs into ``run["ray"]["regions"]``."""
+    costs into ``run["ray"]["regions"]`` (``started``: the run's start, perf_counter, from
+    which ``seconds_to_first_result`` counts: Ray's fixed cost)."""
+    started = time.perf_counter() if started is None else started
     from ..arrays.readers import open_array
 
     out = str(Path(config.out).resolve())
@@ -259,6 +262,7 @@ def run_regions(
     store = _ObjectStore()
     nodes: set[str] = set()
     labels: set[str] = set()
+    first: tuple[float, int] | None = None  # seconds to the first region's result, and its pixels
     try:
         while queue or flight:
             while queue and min(load) < IN_FLIGHT:
@@ -303,15 +307,17 @@ def run_regions(
                     counts["failed"] += 1
                 if result["note"] and notes is not None:
                     notes(state.plan.item.path, result["note"])
+                if first is None:
+                    first = (time.perf_counter() - started, result["cost"]["pixels"])
                 nodes.add(result["node"])
                 labels.add(result["backend"])
                 for key in cost:
                     cost[key] += result["cost"][key]
                 counts["run"] += 1
             state.open -= 1
+            driver_seconds += time.perf_counter() - handled  # per region: not the input's finish below
             if state.open == 0:
                 _finish(state, report)
-            driver_seconds += time.perf_counter() - handled
             stats.update(counts)
     finally:
         store.stop()
@@ -326,6 +332,8 @@ def run_regions(
             driver_seconds_per_region=round(driver_seconds / max(1, counts["run"] + counts["failed"]), 5),
             object_store_peak_bytes=store.peak_bytes,
             object_store_peak_objects=store.peak_objects,
+            seconds_to_first_result=None if first is None else round(first[0], 3),
+            pixels_in_first_result=None if first is None else first[1],
         )
         for key, value in cost.items():
             cost[key] = round(value, 3) if isinstance(value, float) else value

@@ -14,9 +14,9 @@ local run's byte for byte.
 
 Sizes: a windowed region is at least ``MIN_REGION_BANDS`` bands tall, because the tile row
 that straddles a border runs in both regions (one extra tile row per region: ~11 % at 8
-bands of 512 rows with 512-row tiles stepping 416); it grows to about ``REGION_PIXELS``
-output pixels. Whole planes are grouped up to ``REGION_PIXELS`` and at most as many as
-leave ``REGIONS_PER_WORKER`` regions for each worker, so a 30-slice stack still spreads.
+bands of 512 rows with 512-row tiles stepping 416); above that it is as tall as leaves
+``REGIONS_PER_WORKER`` regions for each worker, up to about ``REGION_PIXELS`` output
+pixels. Whole planes are grouped the same way, so a 30-slice stack still spreads.
 """
 
 from __future__ import annotations
@@ -83,8 +83,10 @@ def plan_regions(
     if min(planes, height, width, band, strip) < 1:
         raise ValueError(f"regions need positive sizes, got {planes, height, width, band, strip}")
     budget = region_pixels or REGION_PIXELS
-    if windowed:
-        tall = max(MIN_REGION_BANDS * band, budget // min(strip, width) // band * band)
+    if windowed:  # up to the budget, and short enough to give each worker several, down to the least height
+        strips = -(-width // strip)
+        spread = -(-height * planes * strips // (max(1, workers) * REGIONS_PER_WORKER) // band) * band
+        tall = max(MIN_REGION_BANDS * band, min(budget // min(strip, width) // band * band, spread))
         rows = height if workers == 0 else tall
         return [
             Region((p, p + 1), (y, min(height, y + rows)), (x, min(width, x + strip)))
