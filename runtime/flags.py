@@ -57,7 +57,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser | Any, cls: type) -> Non
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
             kwargs.pop("metavar", None)
-        if f.default not in (None, ()) and base is not bool:
+        if f.default not in (None, (), "") and base is not bool:  # an empty default says nothing
             help_text += f" (default: {str(f.default).replace('%', '%%')})"  # argparse %-formats help
         parser.add_argument(flag, help=help_text, **kwargs)
 
