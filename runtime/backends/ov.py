@@ -32,6 +32,7 @@ import numpy as np
 
 from ..card import CardError, ModelCard, input_contradictions
 from .base import Backend, BackendError, MissingExtra
+from .ort import usable_cores
 from .ov_ir import CARD_KEY, INFERENCE_PRECISION, PRECISION_KEY, bin_path, verify_pair
 
 DEVICE = "CPU"
@@ -173,6 +174,10 @@ class OvBackend(Backend):
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": self.hint, "PERFORMANCE_HINT": "THROUGHPUT"}
         if self.options.threads:
             config["INFERENCE_NUM_THREADS"] = self.options.threads
+            if self.options.threads < usable_cores():
+                # a share of the machine (Ray workers, --threads): OpenVINO pins its threads to the
+                # first cores, so two 1-thread processes would share one core (measured: half speed each)
+                config["ENABLE_CPU_PINNING"] = False
         before = set(self.cache_dir.iterdir())
         started = time.perf_counter()
         try:

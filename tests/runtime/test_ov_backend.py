@@ -83,6 +83,21 @@ def test_threshold_ir_gives_the_known_masks(threshold_xml: Path) -> None:
         assert np.array_equal(mask, threshold_mask(image))
 
 
+def test_a_share_of_the_cores_is_not_pinned_to_the_first_ones(threshold_xml: Path) -> None:
+    """OpenVINO pins its threads to the first cores: two 1-thread processes (two Ray workers)
+    would share one core. With fewer threads than this process's cores, fcnx turns pinning off."""
+    from fcnx.runtime.backends.ort import usable_cores
+    from fcnx.runtime.backends.ov import OvOptions
+
+    if usable_cores() < 2:
+        pytest.skip("one usable core: every thread count is the whole machine")
+    for threads, pinned in ((1, False), (None, True)):
+        with load(threshold_xml, "ov-cpu", OvOptions(threads=threads)) as backend:
+            backend.infer(batch_of(1, 64, 0))
+            (entry,) = backend._compiled.values()
+            assert entry.compiled.get_property("ENABLE_CPU_PINNING") is pinned, threads
+
+
 def test_bf16_reports_and_runs_bf16(tiny_xml: dict[str, Path]) -> None:
     batch = batch_of(2)
     with OvBackend(tiny_xml["fp32"]) as fp32:
