@@ -12,11 +12,13 @@ region are exactly the tiles an uninterrupted run gives each of its rows, added 
 order (``first_tile_row`` .. ``end_tile_row``), so the blend at a region's border equals the
 local run's byte for byte.
 
-Sizes: a windowed region is at least ``MIN_REGION_BANDS`` bands tall, because the tile row
-that straddles a border runs in both regions (one extra tile row per region: ~11 % at 8
-bands of 512 rows with 512-row tiles stepping 416); above that it is as tall as leaves
-``REGIONS_PER_WORKER`` regions for each worker, up to about ``REGION_PIXELS`` output
-pixels. Whole planes are grouped the same way, so a 30-slice stack still spreads.
+Sizes: the tile row that straddles a region's border runs in both regions: 416 rows of
+work (512-row tiles stepping 416) for each border, ~10 % for regions of 8 bands of 512 rows,
+~2.5 % at 32. So a windowed region is at least ``MIN_REGION_BANDS`` bands tall and above
+that as tall as leaves ``REGIONS_PER_WORKER`` regions for each worker (the balance, and
+what a lost worker costs), up to about ``REGION_PIXELS`` output pixels; memory does not
+grow with a region's size (it is read and written by rows). Whole planes are grouped the
+same way, so a 30-slice stack still spreads.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from ..arrays.band_writer import Band
 from ..arrays.source import ArraySource
 from .tiling import TileGrid, end_tile_row, first_tile_row, mirror_indices
 
-REGION_PIXELS = 64 << 20  # about this many output pixels per region
+REGION_PIXELS = 256 << 20  # at most about this many output pixels per region (~100 s on 2 cores)
 MIN_REGION_BANDS = 8  # a windowed region's least height, in bands
 REGIONS_PER_WORKER = 4  # whole planes: at least this many regions per worker, planes allowing
 
