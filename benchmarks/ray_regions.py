@@ -302,8 +302,8 @@ def scaling(doc: dict) -> list[str]:
                 ],
             ],
         ),
-        f"One worker core segments {worker_rate:.2f} Mpx/s; a region reads {halo:.2f}x its pixels (the tile "
-        "halo at its borders). Reading and writing run on their own threads, overlapped with the model and the "
+        f"One worker core segments {worker_rate:.2f} Mpx/s; a region reads {halo:.2f}x its pixels (each row of "
+        "tiles is read whole and rows of tiles overlap by the tile overlap; the local run reads the same). Reading and writing run on their own threads, overlapped with the model and the "
         "blend, which take the rest of the region's time.",
         "",
         f"Extrapolated to 10¹² voxels (assumptions: 32 cores a node at this per-core rate, regions of "
@@ -360,11 +360,12 @@ def to_markdown(doc: dict) -> str:
     rows = doc["rows"].get("cluster", [])
     if rows:
         lines += table(
-            ["input", "what happened", "killed at (s)", "bands durable at the kill", "regions", "recomputed",
-             "seconds", "local seconds", "identical"],
+            ["input", "what happened", "killed at (s)", "bands durable at the kill", "regions",
+             "skipped (finished before)", "run", "retried by Ray", "seconds (the job, or the rerun)", "local seconds",
+             "identical"],
             [[r["input"], r["how"], _num(r["killed_at_seconds"], 1), r["bands_durable_at_kill"],
-              (r.get("regions") or {}).get("total"), (r.get("regions") or {}).get("run"), _num(r["seconds"], 1),
-              _num(r["local_seconds"], 1), "yes" if r["identical"] else "NO"] for r in rows],
+              *((r.get("regions") or {}).get(k) for k in ("total", "done_before", "run", "retried")),
+              _num(r["seconds"], 1), _num(r["local_seconds"], 1), "yes" if r["identical"] else "NO"] for r in rows],
         )  # fmt: skip
     lines += ["### Scaling model", "", *scaling(doc)]
     return "\n".join(lines) + "\n"
