@@ -303,7 +303,8 @@ def scaling(doc: dict) -> list[str]:
             ],
         ),
         f"One worker core segments {worker_rate:.2f} Mpx/s; a region reads {halo:.2f}x its pixels (each row of "
-        "tiles is read whole and rows of tiles overlap by the tile overlap; the local run reads the same). Reading and writing run on their own threads, overlapped with the model and the "
+        "tiles is read whole and rows of tiles overlap by the tile overlap; the local run reads the same). "
+        "Reading and writing run on their own threads, overlapped with the model and the "
         "blend, which take the rest of the region's time.",
         "",
         f"Extrapolated to 10¹² voxels (assumptions: 32 cores a node at this per-core rate, regions of "
