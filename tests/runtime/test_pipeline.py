@@ -14,28 +14,27 @@ from PIL import Image
 
 from fcnx.runtime.backends.registry import load
 from fcnx.runtime.cli import main
-from fcnx.runtime.predict.config import PredictConfig
 from fcnx.runtime.predict.job import EXIT_FAILURES, predict_folder
 from fcnx.runtime.predict.manifest import MANIFEST_NAME
 
 from .image_files import assert_threshold_masks, bad_files, good_files, masks, png
-
-
-def _config(model: Path, inputs: list[Path], out: Path, **kw: Any) -> PredictConfig:
-    return PredictConfig(model=str(model), inputs=tuple(str(i) for i in inputs), out=str(out),
-                         progress=False, **kw)  # fmt: skip
+from .predict_jobs import predict_config
 
 
 def test_bad_files_are_recorded_and_good_masks_match_a_clean_run(
     threshold_onnx: Path, tmp_path: Path
 ) -> None:
     sizes = good_files(tmp_path / "clean")
-    clean = predict_folder(_config(threshold_onnx, [tmp_path / "clean"], tmp_path / "out_clean", batch=2))
+    clean = predict_folder(
+        predict_config(threshold_onnx, [tmp_path / "clean"], tmp_path / "out_clean", batch=2)
+    )
     assert clean["counts"] == {"total": 5, "written": 5, "skipped": 0, "failed": 0}
 
     good_files(tmp_path / "mixed")
     reasons = bad_files(tmp_path / "mixed")
-    mixed = predict_folder(_config(threshold_onnx, [tmp_path / "mixed"], tmp_path / "out_mixed", batch=2))
+    mixed = predict_folder(
+        predict_config(threshold_onnx, [tmp_path / "mixed"], tmp_path / "out_mixed", batch=2)
+    )
     assert mixed["counts"] == {"total": 9, "written": 5, "skipped": 0, "failed": 4}
     assert mixed["backend"] == "ort-cpu" and mixed["provider"] == "CPUExecutionProvider"
 
@@ -54,13 +53,13 @@ def test_bad_files_are_recorded_and_good_masks_match_a_clean_run(
 
 def test_palette_png_npy_and_overlay_outputs(threshold_onnx: Path, tmp_path: Path) -> None:
     good_files(tmp_path / "in")
-    predict_folder(_config(threshold_onnx, [tmp_path / "in"], tmp_path / "png", overlay=True))
+    predict_folder(predict_config(threshold_onnx, [tmp_path / "in"], tmp_path / "png", overlay=True))
     mask = Image.open(tmp_path / "png" / "sub" / "odd.png")
     assert mask.mode == "P" and mask.getpalette()[:6] == [0, 0, 0, 255, 255, 255]
     overlay = cv2.imread(str(tmp_path / "png" / "sub" / "odd.overlay.jpg"))
     assert overlay.shape == (45, 77, 3)
 
-    predict_folder(_config(threshold_onnx, [tmp_path / "in"], tmp_path / "npy", format="npy"))
+    predict_folder(predict_config(threshold_onnx, [tmp_path / "in"], tmp_path / "npy", format="npy"))
     array = np.load(tmp_path / "npy" / "sub" / "odd.npy")
     np.testing.assert_array_equal(array, np.array(mask))
 
@@ -93,7 +92,7 @@ def test_an_interrupted_run_resumes_without_redoing_finished_files(
     for i in range(10):
         (tmp_path / "in" / f"{i:02d}.png").write_bytes(png(rng.integers(0, 256, (64, 64), np.uint8)))
     out = tmp_path / "out"
-    config = _config(threshold_onnx, [tmp_path / "in"], out, batch=2)
+    config = predict_config(threshold_onnx, [tmp_path / "in"], out, batch=2)
     with pytest.raises(KeyboardInterrupt):
         predict_folder(config, backend=_StopAfter(load(threshold_onnx, "ort-cpu"), batches=2))
     first = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
@@ -113,16 +112,16 @@ def test_an_interrupted_run_resumes_without_redoing_finished_files(
 def test_a_folder_never_mixes_models(threshold_onnx: Path, tiny_onnx_fixed: Path, tmp_path: Path) -> None:
     good_files(tmp_path / "in")
     out = tmp_path / "out"
-    predict_folder(_config(threshold_onnx, [tmp_path / "in"], out))
+    predict_folder(predict_config(threshold_onnx, [tmp_path / "in"], out))
     with pytest.raises(ValueError, match="holds outputs of another model"):
-        predict_folder(_config(tiny_onnx_fixed, [tmp_path / "in"], out))
-    redone = predict_folder(_config(tiny_onnx_fixed, [tmp_path / "in"], out, overwrite=True))
+        predict_folder(predict_config(tiny_onnx_fixed, [tmp_path / "in"], out))
+    redone = predict_folder(predict_config(tiny_onnx_fixed, [tmp_path / "in"], out, overwrite=True))
     assert redone["counts"]["written"] == 5 and redone["batch"] == 3
     assert json.loads((out / MANIFEST_NAME).read_text())["model"] == str(tiny_onnx_fixed)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "keep.txt").write_text("user data")
     with pytest.raises(ValueError, match="not written by fcnx predict"):
-        predict_folder(_config(threshold_onnx, [tmp_path / "in"], tmp_path / "other"))
+        predict_folder(predict_config(threshold_onnx, [tmp_path / "in"], tmp_path / "other"))
 
 
 def test_cli_exit_status_says_completed_with_failures(
@@ -146,9 +145,9 @@ def test_cli_exit_status_says_completed_with_failures(
 def test_write_failures_are_recorded_per_file(threshold_onnx: Path, tmp_path: Path) -> None:
     good_files(tmp_path / "in")
     out = tmp_path / "out"
-    predict_folder(_config(threshold_onnx, [tmp_path / "in" / "grey.png"], out))  # claims the folder
+    predict_folder(predict_config(threshold_onnx, [tmp_path / "in" / "grey.png"], out))  # claims the folder
     (out / "rgba.png").mkdir()  # a folder where a mask must go
-    summary = predict_folder(_config(threshold_onnx, [tmp_path / "in"], out))
+    summary = predict_folder(predict_config(threshold_onnx, [tmp_path / "in"], out))
     assert summary["counts"] == {"total": 5, "written": 3, "skipped": 1, "failed": 1}
     failure = json.loads((out / "failures.jsonl").read_text())
     assert failure["stage"] == "write" and failure["path"].endswith("rgba.png")
@@ -157,10 +156,10 @@ def test_write_failures_are_recorded_per_file(threshold_onnx: Path, tmp_path: Pa
 def test_the_same_model_with_another_fit_is_another_model(tiny_onnx: Path, tmp_path: Path) -> None:
     good_files(tmp_path / "in")
     out = tmp_path / "out"
-    assert predict_folder(_config(tiny_onnx, [tmp_path / "in"], out, fit="resize"))["fit"] == "resize"
+    assert predict_folder(predict_config(tiny_onnx, [tmp_path / "in"], out, fit="resize"))["fit"] == "resize"
     with pytest.raises(
         ValueError, match=r"holds outputs of another model .*fit resize\); this run is .*fit pad\)"
     ):
-        predict_folder(_config(tiny_onnx, [tmp_path / "in"], out, fit="pad"))
-    again = predict_folder(_config(tiny_onnx, [tmp_path / "in"], out, fit="resize"))
+        predict_folder(predict_config(tiny_onnx, [tmp_path / "in"], out, fit="pad"))
+    again = predict_folder(predict_config(tiny_onnx, [tmp_path / "in"], out, fit="resize"))
     assert again["counts"]["skipped"] == 5 and again["counts"]["written"] == 0

@@ -5,7 +5,6 @@ public SegmentationPredictor in a pipeline of one's own."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +19,9 @@ from fcnx.runtime.predict.job import EXIT_FAILURES, predict_folder
 from fcnx.runtime.predict.segmenter import Segmenter
 
 from .image_files import assert_threshold_masks, bad_files, good_files, masks, png
+from .predict_jobs import predict_config
 
 ray = pytest.importorskip("ray", reason='Ray is not installed: pip install "fcnx[ray]"')
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[None]:
-    """One local 2-CPU cluster for the module (starting Ray takes seconds)."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-def _config(model: Path, inputs: list[Path], out: Path, **kw: Any) -> PredictConfig:
-    return PredictConfig(model=str(model), inputs=tuple(str(i) for i in inputs), out=str(out),
-                         progress=False, **kw)  # fmt: skip
 
 
 def _failures(out: Path) -> dict[str, tuple[str, str]]:
@@ -43,16 +30,16 @@ def _failures(out: Path) -> dict[str, tuple[str, str]]:
 
 
 def test_ray_and_local_runs_write_the_same_bytes_and_failures(
-    cluster: None, threshold_onnx: Path, tmp_path: Path
+    ray_cluster: None, threshold_onnx: Path, tmp_path: Path
 ) -> None:
     sizes = good_files(tmp_path / "in")
     bad_files(tmp_path / "in")
     (tmp_path / "in" / "grey.jpg").write_bytes(png(np.zeros((64, 64), np.uint8)))  # same output as grey.png
     local = predict_folder(
-        _config(threshold_onnx, [tmp_path / "in"], tmp_path / "local", batch=2, overlay=True)
+        predict_config(threshold_onnx, [tmp_path / "in"], tmp_path / "local", batch=2, overlay=True)
     )
     on_ray = predict_folder(
-        _config(
+        predict_config(
             threshold_onnx, [tmp_path / "in"], tmp_path / "ray", batch=2, overlay=True, ray=True, workers=2
         )
     )
@@ -74,11 +61,11 @@ def test_ray_and_local_runs_write_the_same_bytes_and_failures(
 
 
 def test_a_ray_rerun_resumes_and_redoes_only_what_is_missing(
-    cluster: None, threshold_onnx: Path, tmp_path: Path
+    ray_cluster: None, threshold_onnx: Path, tmp_path: Path
 ) -> None:
     good_files(tmp_path / "in")
     out = tmp_path / "out"
-    config = _config(threshold_onnx, [tmp_path / "in"], out, ray=True, workers=1)
+    config = predict_config(threshold_onnx, [tmp_path / "in"], out, ray=True, workers=1)
     assert predict_folder(config)["counts"]["written"] == 5
     done = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
     (out / "grey.png").unlink()
@@ -92,7 +79,7 @@ def test_a_ray_rerun_resumes_and_redoes_only_what_is_missing(
 
 
 def test_segmentation_predictor_in_a_users_own_pipeline(
-    cluster: None, threshold_onnx: Path, tmp_path: Path
+    ray_cluster: None, threshold_onnx: Path, tmp_path: Path
 ) -> None:
     from fcnx.runtime.predict.ray import SegmentationPredictor, read_images
 
@@ -121,7 +108,7 @@ def test_segmentation_predictor_in_a_users_own_pipeline(
 
 
 def test_cli_predict_ray_reports_failures_and_cluster_limits(
-    cluster: None, threshold_onnx: Path, tmp_path: Path, capsys: Any
+    ray_cluster: None, threshold_onnx: Path, tmp_path: Path, capsys: Any
 ) -> None:
     good_files(tmp_path / "in")
     (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG not really")

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,25 +19,14 @@ import numpy as np
 import pytest
 
 from fcnx.runtime.predict import regions, volumes
-from fcnx.runtime.predict.config import PredictConfig
 from fcnx.runtime.predict.job import predict_folder
+
+from .predict_jobs import predict_config
 
 ray = pytest.importorskip("ray", reason='Ray is not installed: pip install "fcnx[ray]"')
 zarr = pytest.importorskip("zarr", reason='needs the volumes extra: pip install "fcnx[volumes]"')
 tifffile = pytest.importorskip("tifffile", reason='needs the volumes extra: pip install "fcnx[volumes]"')
 psutil = pytest.importorskip("psutil", reason="psutil finds a worker node's actor processes")
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-def _config(model: Path, inputs: list[Any], out: Path, **kw: Any) -> PredictConfig:
-    return PredictConfig(model=str(model), inputs=tuple(str(i) for i in inputs), out=str(out),
-                         progress=False, **kw)  # fmt: skip
 
 
 def _volume(path: Path, planes: int, height: int, width: int, chunk: int = 64, seed: int = 5) -> np.ndarray:
@@ -60,7 +48,7 @@ def _arrays(root: Path) -> dict[str, bytes]:
 
 
 def test_regions_on_two_workers_equal_the_local_run_byte_for_byte(
-    cluster: None, tiny_onnx_dynamic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ray_cluster: None, tiny_onnx_dynamic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Planes read by windows, cut into 3 column strips x 4 row regions each, run on 2
     actors in whatever order Ray runs them: labels and probabilities equal the local run."""
@@ -73,10 +61,14 @@ def test_regions_on_two_workers_equal_the_local_run_byte_for_byte(
     monkeypatch.setattr(regions, "MIN_REGION_BANDS", 1)
     monkeypatch.setattr(regions, "REGION_PIXELS", 96 * 96)  # regions of 2 bands (96 rows)
     kw: dict[str, Any] = {"tile": "64x64", "overlap": 16, "save_probs": "npy"}
-    local = predict_folder(_config(tiny_onnx_dynamic, [tmp_path / "big.zarr"], tmp_path / "local", **kw))
+    local = predict_folder(
+        predict_config(tiny_onnx_dynamic, [tmp_path / "big.zarr"], tmp_path / "local", **kw)
+    )
     assert local["counts"]["written"] == 1, local
     summary = predict_folder(
-        _config(tiny_onnx_dynamic, [tmp_path / "big.zarr"], tmp_path / "ray", ray=True, workers=2, **kw)
+        predict_config(
+            tiny_onnx_dynamic, [tmp_path / "big.zarr"], tmp_path / "ray", ray=True, workers=2, **kw
+        )
     )
     assert summary["counts"] == local["counts"], summary
     stats = summary["ray"]["regions"]
@@ -91,15 +83,15 @@ def test_regions_on_two_workers_equal_the_local_run_byte_for_byte(
 
 
 def test_a_tiff_stack_spreads_its_planes_over_workers_to_the_local_bytes(
-    cluster: None, tiny_onnx_dynamic: Path, tmp_path: Path
+    ray_cluster: None, tiny_onnx_dynamic: Path, tmp_path: Path
 ) -> None:
     """An ISBI-style multi-page TIFF (planes read whole): regions of planes, one multi-page
     TIFF of masks, byte-identical to the local run's."""
     data = _volume(tmp_path / "scratch.zarr", 6, 128, 160)
     tifffile.imwrite(tmp_path / "stack.tif", data)
-    local = predict_folder(_config(tiny_onnx_dynamic, [tmp_path / "stack.tif"], tmp_path / "local"))
+    local = predict_folder(predict_config(tiny_onnx_dynamic, [tmp_path / "stack.tif"], tmp_path / "local"))
     summary = predict_folder(
-        _config(tiny_onnx_dynamic, [tmp_path / "stack.tif"], tmp_path / "ray", ray=True, workers=2)
+        predict_config(tiny_onnx_dynamic, [tmp_path / "stack.tif"], tmp_path / "ray", ray=True, workers=2)
     )
     assert summary["counts"]["written"] == local["counts"]["written"] == 1, summary
     assert summary["ray"]["regions"]["total"] == 6  # 6 planes over 2 workers: a plane a region
@@ -107,14 +99,14 @@ def test_a_tiff_stack_spreads_its_planes_over_workers_to_the_local_bytes(
 
 
 def test_a_poisoned_region_fails_alone_with_its_bounds_and_a_rerun_finishes_it(
-    cluster: None, tiny_onnx_dynamic: Path, tmp_path: Path
+    ray_cluster: None, tiny_onnx_dynamic: Path, tmp_path: Path
 ) -> None:
     _volume(tmp_path / "vol.zarr", 6, 128, 128)
-    predict_folder(_config(tiny_onnx_dynamic, [tmp_path / "vol.zarr"], tmp_path / "local"))
+    predict_folder(predict_config(tiny_onnx_dynamic, [tmp_path / "vol.zarr"], tmp_path / "local"))
     chunk = tmp_path / "vol.zarr" / "3.1.0"  # plane 3, a chunk in its second row of chunks
     good = chunk.read_bytes()
     chunk.write_bytes(b"not a blosc chunk")
-    config = _config(tiny_onnx_dynamic, [tmp_path / "vol.zarr"], tmp_path / "ray", ray=True, workers=2)
+    config = predict_config(tiny_onnx_dynamic, [tmp_path / "vol.zarr"], tmp_path / "ray", ray=True, workers=2)
     summary = predict_folder(config)
     assert summary["counts"]["failed"] == 1 and summary["ray"]["regions"]["failed"] == 1, summary
     assert summary["ray"]["regions"]["run"] == 6  # the other five regions ran and stayed
@@ -180,7 +172,7 @@ def test_a_three_node_cluster_survives_a_killed_worker_node_and_a_killed_driver(
     if ray.is_initialized():
         ray.shutdown()
     _volume(tmp_path / "vol.zarr", 24, 384, 384, chunk=128)
-    local = predict_folder(_config(tiny_onnx_dynamic, [tmp_path / "vol.zarr"], tmp_path / "local"))
+    local = predict_folder(predict_config(tiny_onnx_dynamic, [tmp_path / "vol.zarr"], tmp_path / "local"))
     assert local["counts"]["written"] == 1
     expected = _arrays(tmp_path / "local" / "vol.zarr")
 

@@ -13,17 +13,13 @@ import numpy as np
 import pytest
 
 from fcnx.runtime.predict import volumes
-from fcnx.runtime.predict.config import PredictConfig
 from fcnx.runtime.predict.job import predict_folder
+
+from .predict_jobs import predict_config
 
 tifffile = pytest.importorskip("tifffile", reason='needs the volumes extra: pip install "fcnx[volumes]"')
 zarr = pytest.importorskip("zarr", reason='needs the volumes extra: pip install "fcnx[volumes]"')
 h5py = pytest.importorskip("h5py", reason='needs the volumes extra: pip install "fcnx[volumes]"')
-
-
-def _config(model: Path, inputs: list[Any], out: Path, **kw: Any) -> PredictConfig:
-    return PredictConfig(model=str(model), inputs=tuple(str(i) for i in inputs), out=str(out),
-                         progress=False, **kw)  # fmt: skip
 
 
 def _pages(seed: int, n: int, h: int, w: int) -> np.ndarray:
@@ -43,7 +39,7 @@ def test_a_tiff_stack_gets_one_mask_page_per_plane_equal_to_its_png(
     (tmp_path / "in").mkdir()
     tifffile.imwrite(tmp_path / "in" / "stack.tif", pages, metadata={"axes": "ZYX"})
     before = _tree_hash(tmp_path / "in")
-    summary = predict_folder(_config(threshold_onnx, [tmp_path / "in"], tmp_path / "out"))
+    summary = predict_folder(predict_config(threshold_onnx, [tmp_path / "in"], tmp_path / "out"))
     assert summary["counts"] == {"total": 1, "written": 1, "skipped": 0, "failed": 0}
     masks = tifffile.imread(tmp_path / "out" / "stack.tif")
     assert masks.shape == (5, 70, 90) and masks.dtype == np.uint8
@@ -56,20 +52,24 @@ def test_a_tiff_stack_gets_one_mask_page_per_plane_equal_to_its_png(
     (tmp_path / "png").mkdir()
     for i, page in enumerate(pages):
         cv2.imwrite(str(tmp_path / "png" / f"{i}.png"), page)
-    predict_folder(_config(threshold_onnx, [tmp_path / "png"], tmp_path / "out_png"))
+    predict_folder(predict_config(threshold_onnx, [tmp_path / "png"], tmp_path / "out_png"))
     for i in range(5):
         from PIL import Image
 
         np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out_png" / f"{i}.png")), masks[i])
 
     # a rerun skips it; zarr output on request
-    again = predict_folder(_config(threshold_onnx, [tmp_path / "in"], tmp_path / "out"))
+    again = predict_folder(predict_config(threshold_onnx, [tmp_path / "in"], tmp_path / "out"))
     assert again["counts"]["skipped"] == 1
-    predict_folder(_config(threshold_onnx, [tmp_path / "in"], tmp_path / "out_zarr", output_format="zarr"))
+    predict_folder(
+        predict_config(threshold_onnx, [tmp_path / "in"], tmp_path / "out_zarr", output_format="zarr")
+    )
     np.testing.assert_array_equal(zarr.open(tmp_path / "out_zarr" / "stack.zarr", mode="r")["0"][:], masks)
 
     # PNG per plane: the very bytes each slice gets as a PNG file; resumed plane by plane
-    predict_folder(_config(threshold_onnx, [tmp_path / "in"], tmp_path / "out_seq", output_format="png"))
+    predict_folder(
+        predict_config(threshold_onnx, [tmp_path / "in"], tmp_path / "out_seq", output_format="png")
+    )
     names = sorted(p.name for p in (tmp_path / "out_seq").glob("*.png"))
     assert names == [f"stack-z{i:04d}.png" for i in range(5)]
     for i in range(5):
@@ -78,7 +78,7 @@ def test_a_tiff_stack_gets_one_mask_page_per_plane_equal_to_its_png(
         ).read_bytes()
     (tmp_path / "out_seq" / "stack-z0003.png").unlink()
     again = predict_folder(
-        _config(threshold_onnx, [tmp_path / "in"], tmp_path / "out_seq", output_format="png")
+        predict_config(threshold_onnx, [tmp_path / "in"], tmp_path / "out_seq", output_format="png")
     )
     assert again["counts"]["written"] == 1
     assert (tmp_path / "out_seq" / "stack-z0003.png").read_bytes() == (
@@ -97,7 +97,7 @@ def test_zarr_and_hdf5_volumes_become_ome_zarr_labels(threshold_onnx: Path, tmp_
         f"{tmp_path / 'cells.h5'}:/raw/data",
         f"{tmp_path / 'cells.h5'}:/nothing",
     ]
-    summary = predict_folder(_config(threshold_onnx, inputs, tmp_path / "out", save_probs="npy"))
+    summary = predict_folder(predict_config(threshold_onnx, inputs, tmp_path / "out", save_probs="npy"))
     assert summary["counts"]["written"] == 2 and summary["counts"]["failed"] == 1
     failure = json.loads((tmp_path / "out" / "failures.jsonl").read_text().splitlines()[0])
     assert "cells.h5" in failure["reason"] and "/nothing" in failure["reason"]
@@ -117,7 +117,9 @@ def test_zarr_and_hdf5_volumes_become_ome_zarr_labels(threshold_onnx: Path, tmp_
 def test_an_output_folder_inside_a_zarr_input_is_refused(threshold_onnx: Path, tmp_path: Path) -> None:
     zarr.create_array(tmp_path / "vol.zarr", data=_pages(2, 2, 40, 40), zarr_format=3)
     with pytest.raises(ValueError, match="never writes into its inputs"):
-        predict_folder(_config(threshold_onnx, [tmp_path / "vol.zarr"], tmp_path / "vol.zarr" / "labels"))
+        predict_folder(
+            predict_config(threshold_onnx, [tmp_path / "vol.zarr"], tmp_path / "vol.zarr" / "labels")
+        )
 
 
 @pytest.mark.parametrize("strip", [None, 96, 64])
@@ -138,7 +140,7 @@ def test_windowed_planes_equal_the_in_memory_tiled_result(
     monkeypatch.setattr(volumes, "BAND_ROWS", 48)
     if strip is not None:  # 270 columns as strips of 96 (or 64): 3 (or 5) strips, the last narrower
         monkeypatch.setattr(OmeZarrLabelWriter, "STRIP", strip)
-    config = _config(tiny_onnx_dynamic, [tmp_path / "big.tif"], tmp_path / "out", tile="64x64", overlap=16,
+    config = predict_config(tiny_onnx_dynamic, [tmp_path / "big.tif"], tmp_path / "out", tile="64x64", overlap=16,
                      save_probs="npy")  # fmt: skip
     summary = predict_folder(config)
     assert summary["counts"]["written"] == 1, summary
@@ -166,7 +168,7 @@ def test_a_plane_stopped_in_a_later_strip_resumes_there_to_the_same_labels(
     monkeypatch.setattr(volumes, "BAND_ROWS", 48)  # 5 bands a strip
     monkeypatch.setattr(OmeZarrLabelWriter, "STRIP", 96)  # 3 strips: 15 bands a plane
     kw: dict[str, Any] = {"tile": "64x64", "overlap": 16}
-    predict_folder(_config(tiny_onnx_dynamic, [tmp_path / "big.tif"], tmp_path / "whole", **kw))
+    predict_folder(predict_config(tiny_onnx_dynamic, [tmp_path / "big.tif"], tmp_path / "whole", **kw))
 
     written: list[tuple[int, int, int]] = []
     real = OmeZarrLabelWriter.write_band
@@ -179,7 +181,7 @@ def test_a_plane_stopped_in_a_later_strip_resumes_there_to_the_same_labels(
 
     monkeypatch.setattr(OmeZarrLabelWriter, "write_band", stop_after_seven)
     with pytest.raises(KeyboardInterrupt):
-        predict_folder(_config(tiny_onnx_dynamic, [tmp_path / "big.tif"], tmp_path / "out", **kw))
+        predict_folder(predict_config(tiny_onnx_dynamic, [tmp_path / "big.tif"], tmp_path / "out", **kw))
     assert not (tmp_path / "out" / "big.zarr").exists()
     first = list(written)
     assert first[:5] == [(0, y, 0) for y in range(0, 200, 48)] and first[5:] == [(0, 0, 96), (0, 48, 96)]
@@ -190,7 +192,9 @@ def test_a_plane_stopped_in_a_later_strip_resumes_there_to_the_same_labels(
         real(self, plane, y0, mask, probs, x0)
 
     monkeypatch.setattr(OmeZarrLabelWriter, "write_band", record)
-    summary = predict_folder(_config(tiny_onnx_dynamic, [tmp_path / "big.tif"], tmp_path / "out", **kw))
+    summary = predict_folder(
+        predict_config(tiny_onnx_dynamic, [tmp_path / "big.tif"], tmp_path / "out", **kw)
+    )
     assert summary["counts"]["written"] == 1, summary
     every = {(p, y, x) for p in (0, 1) for y in range(0, 200, 48) for x in (0, 96, 192)}
     assert sorted(written) == sorted(every - set(first))
@@ -212,13 +216,13 @@ def test_a_bad_plane_fails_the_input_naming_it_and_a_rerun_finishes(
     import cv2
 
     cv2.imwrite(str(tmp_path / "imgs" / "a.png"), volume[0])
-    summary = predict_folder(_config(threshold_onnx, [store, tmp_path / "imgs"], tmp_path / "out"))
+    summary = predict_folder(predict_config(threshold_onnx, [store, tmp_path / "imgs"], tmp_path / "out"))
     assert summary["counts"]["written"] == 1 and summary["counts"]["failed"] == 1
     failure = json.loads((tmp_path / "out" / "failures.jsonl").read_text().splitlines()[0])
     assert "vol.zarr" in failure["path"] and "z=1" in failure["reason"], failure
     assert not (tmp_path / "out" / "vol.zarr").exists()  # never half an output in place
     chunk.write_bytes(good)
-    again = predict_folder(_config(threshold_onnx, [store, tmp_path / "imgs"], tmp_path / "out"))
+    again = predict_folder(predict_config(threshold_onnx, [store, tmp_path / "imgs"], tmp_path / "out"))
     assert again["counts"]["written"] == 1 and again["counts"]["skipped"] == 1
     np.testing.assert_array_equal(
         zarr.open(tmp_path / "out" / "vol.zarr", mode="r")["0"][:], (volume > 127).astype(np.uint8)
@@ -234,7 +238,7 @@ def test_overwrite_with_another_model_removes_array_outputs(threshold_onnx: Path
     zarr.create_array(tmp_path / "vol.zarr", data=_pages(5, 2, 40, 40), zarr_format=2)
     tifffile.imwrite(tmp_path / "stack.tif", _pages(6, 3, 40, 40), photometric="minisblack")
     inputs = [tmp_path / "vol.zarr", tmp_path / "stack.tif"]
-    predict_folder(_config(threshold_onnx, inputs, tmp_path / "out", save_probs="npy"))
+    predict_folder(predict_config(threshold_onnx, inputs, tmp_path / "out", save_probs="npy"))
     assert {p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")} >= {
         "vol.zarr",
         "vol.probs.zarr",
@@ -242,8 +246,8 @@ def test_overwrite_with_another_model_removes_array_outputs(threshold_onnx: Path
         "stack.probs.zarr",
     }
     with pytest.raises(ValueError, match="overwrite"):
-        predict_folder(_config(other, inputs, tmp_path / "out"))
-    summary = predict_folder(_config(other, inputs, tmp_path / "out", overwrite=True))
+        predict_folder(predict_config(other, inputs, tmp_path / "out"))
+    summary = predict_folder(predict_config(other, inputs, tmp_path / "out", overwrite=True))
     assert summary["replaced_outputs_of_another_model"] == 4
     assert summary["counts"]["written"] == 2
     assert not (tmp_path / "out" / "vol.probs.zarr").exists()  # the old model's, gone with it
@@ -272,7 +276,7 @@ def test_an_array_too_large_for_the_memory_left_fails_alone_before_reading(
     zarr.create_array(tmp_path / "large.zarr", data=large, chunks=(1, 64, 64))
     monkeypatch.setattr(volumes, "available_bytes", lambda: 40 << 20)  # less than a batch of 512² tiles
     summary = predict_folder(
-        _config(threshold_onnx, [tmp_path / "small.zarr", tmp_path / "large.zarr"], tmp_path / "out")
+        predict_config(threshold_onnx, [tmp_path / "small.zarr", tmp_path / "large.zarr"], tmp_path / "out")
     )
     assert summary["counts"]["written"] == 1 and summary["counts"]["failed"] == 1, summary
     failure = json.loads((tmp_path / "out" / "failures.jsonl").read_text())
@@ -285,11 +289,11 @@ def test_overwrite_with_the_same_model_computes_array_outputs_again(
     threshold_onnx: Path, tmp_path: Path
 ) -> None:
     tifffile.imwrite(tmp_path / "stack.tif", _pages(8, 3, 40, 30), photometric="minisblack")
-    config = _config(threshold_onnx, [tmp_path / "stack.tif"], tmp_path / "out", output_format="zarr")
+    config = predict_config(threshold_onnx, [tmp_path / "stack.tif"], tmp_path / "out", output_format="zarr")
     predict_folder(config)
     marker = tmp_path / "out" / "stack.zarr" / "stale"
     marker.write_text("left by the first run")
-    again = predict_folder(_config(threshold_onnx, [tmp_path / "stack.tif"], tmp_path / "out",
+    again = predict_folder(predict_config(threshold_onnx, [tmp_path / "stack.tif"], tmp_path / "out",
                                    output_format="zarr", overwrite=True))  # fmt: skip
     assert again["counts"]["written"] == 1 and not marker.exists()  # a new output, not the old one kept
     assert predict_folder(config)["counts"]["skipped"] == 1  # a plain rerun keeps it
