@@ -92,7 +92,7 @@ class PredictConfig:
     ray: bool = opt(False, 'run on Ray Data (pip install "fcnx[ray]"): a local cluster, or --address')
     address: str | None = opt(
         None,
-        "--ray: the cluster to join, e.g. ray://head:10001 or auto (default: start a local one)",
+        "--ray: the cluster to join, e.g. ray://head:10001 or auto (default: RAY_ADDRESS, else a local one)",
         metavar="ADDR",
     )
     gpus_per_worker: float = opt(0.0, "--ray: GPUs per model replica (Ray actor)")

@@ -34,6 +34,7 @@ The stages are public, for your own Ray pipelines::
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -215,7 +216,7 @@ def _cpus_per_worker(config: PredictConfig, cluster_cpus: float, started_here: b
     each takes one CPU or its share, leaving one CPU for the read and write tasks."""
     if config.cpus_per_worker is not None:
         return config.cpus_per_worker
-    if started_here and config.address is None:
+    if started_here and joins(config) is None:
         return _local_share(config)
     return min(1.0, max(0.25, (cluster_cpus - 2 * READ_WRITE_CPUS) / config.workers))
 
@@ -242,19 +243,26 @@ def _check_fits(config: PredictConfig, cpus: float, cluster: dict[str, float]) -
         )
 
 
+def joins(config: PredictConfig) -> str | None:
+    """The cluster ``--ray`` joins: ``--address``, else ``RAY_ADDRESS`` (what ``ray job submit``
+    sets), else None: fcnx starts a local cluster of its own. Never the cluster that
+    happens to run on this machine (Ray's own default), whose CPUs fcnx would not know."""
+    return config.address or os.environ.get("RAY_ADDRESS") or None
+
+
 def _start(ray: Any, config: PredictConfig) -> bool:
-    """Join ``--address`` or start a local cluster (unless one is already up in this
-    process, as in tests or a notebook). Returns True when this call started Ray."""
+    """Join the cluster ``joins`` names or start a local one (unless Ray is already up in
+    this process, as in tests or a notebook). Returns True when this call started Ray."""
     if ray.is_initialized():
         return False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
-    if config.address is None:
+    address = joins(config)
+    if address is None:
         # Ray's CPU count is for scheduling: room for every replica plus one read and one write task.
         cpus = _local_share(config)
         kwargs["num_cpus"] = int(np.ceil(config.workers * cpus + 2 * READ_WRITE_CPUS))
-    else:
-        kwargs["address"] = config.address
+    kwargs["address"] = address or "local"
     ray.init(**kwargs)
     return True
 
@@ -285,7 +293,7 @@ def run_on_ray(
         cluster = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "memory")}
         cpus = _cpus_per_worker(config, cluster.get("CPU", 0.0), started_ray)
         run["ray"] = {
-            "address": config.address or "local",
+            "address": joins(config) or "local",
             "cluster_resources": cluster,
             "replicas": config.workers,
             "cpus_per_replica": cpus,

@@ -5,6 +5,9 @@ public SegmentationPredictor in a pipeline of one's own."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fcnx.runtime.backends.ort import usable_cores
 from fcnx.runtime.backends.registry import load
 from fcnx.runtime.cli import main
 from fcnx.runtime.predict.config import PredictConfig
@@ -135,3 +139,30 @@ def test_ray_flags_need_ray() -> None:
         PredictConfig(model="m.onnx", inputs=("in",), out="out", address="auto", cpus_per_worker=2)
     with pytest.raises(ValueError, match="--gpus-per-worker only apply with --ray"):
         PredictConfig(model="m.onnx", inputs=("in",), out="out", gpus_per_worker=1)
+
+
+def test_without_address_fcnx_starts_its_own_cluster_or_joins_ray_address(
+    threshold_onnx: Path, tmp_path: Path
+) -> None:
+    """Another Ray cluster on this machine (it writes /tmp/ray/ray_current_cluster, which a
+    bare ray.init() would join and then refuse fcnx's CPU count) is left alone; RAY_ADDRESS,
+    what `ray job submit` sets, is joined."""
+    from ray.cluster_utils import Cluster
+
+    good_files(tmp_path / "in")
+    other = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        for name, extra in (("own", {}), ("joined", {"RAY_ADDRESS": other.address})):
+            out = tmp_path / name
+            command = [sys.executable, "-m", "fcnx.runtime.cli", "predict", str(threshold_onnx),
+                       str(tmp_path / "in"), "-o", str(out), "--ray", "--workers", "1", "--no-progress"]  # fmt: skip
+            done = subprocess.run(command, env={**env, **extra}, capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, done.stderr[-3000:]
+            run = json.loads((out / "summary.json").read_text())
+            assert run["counts"]["written"] == 5
+            cpus = run["ray"]["cluster_resources"]["CPU"]
+            assert cpus == (2 if name == "joined" else usable_cores() + 1), (name, cpus)
+            assert run["ray"]["address"] == (other.address if name == "joined" else "local")
+    finally:
+        other.shutdown()
