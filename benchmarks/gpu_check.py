@@ -13,7 +13,7 @@ made here with ``onnx``; ORT-CUDA FP16 masks against Keras masks computed on the
 baseline of the same model on PyTorch's GPU (``KERAS_BACKEND=torch``); the native
 TensorRT backend's buffers and three streams against real cuda-python device memory;
 then FCN-8s when its files were carried and time is left. ``update_readme.py`` puts
-``results/gpu_check.md`` into the README.
+``results/gpu_check.md`` into docs/results/gpu.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Benchmark reports: the machine they ran on, and the JSON + Markdown files the README quotes."""
+"""Benchmark reports: the machine they ran on, and the JSON + Markdown files the docs quote."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ segmentation: what users see is the mask. So each artifact is also judged by mas
 agreement with Keras, agreement near class boundaries (where reduced precision flips
 pixels first), IoU of its masks against the Keras masks, and, with ground truth, the
 change in mIoU. Budgets come from one table keyed by precision, ``BUDGETS`` below
-(the README's parity section quotes it).
+(docs/reference/budgets.md is generated from it).
 """
 
 from __future__ import annotations

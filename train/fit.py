@@ -167,8 +167,8 @@ def _cpu_flags() -> set[str]:
 
 
 def training_precision(requested: str) -> str:
-    """``auto`` -> mixed_bfloat16 on a CPU with AMX-BF16 (bfloat16 convolutions run ~1.6x
-    faster there; measured in the README), float32 elsewhere (GPUs included: TensorFlow
+    """``auto`` -> mixed_bfloat16 on a CPU with AMX-BF16 (epochs run 1.44x
+    faster there; docs/results/training.md), float32 elsewhere (GPUs included: TensorFlow
     already uses TF32 there, and bfloat16 support varies by GPU)."""
     if requested != "auto":
         return requested

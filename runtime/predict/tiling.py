@@ -14,7 +14,7 @@ are filled by mirror indexing: the padded image never exists in memory.
   centre has the most context, its edges the least), then normalised by the summed
   weights and argmax'ed. A blended pixel's probabilities are a weighted mean of
   distributions, so they still sum to 1. benchmarks/large_images.py measures it
-  against a linear and a cosine ramp over the overlap (the README has the numbers).
+  against a linear and a cosine ramp over the overlap (docs/results/large-images.md).
 - a mask-only model (argmax in the graph) cannot be blended: each output pixel is
   taken from the tile where it lies farthest from a tile edge (the overlaps are split
   at their middle), which is "stitching the tile centres".
